@@ -96,3 +96,43 @@ def check_heads(num_q_heads: int, num_kv_heads: int) -> int:
         f"of KV heads ({num_kv_heads}).",
     )
     return num_q_heads // num_kv_heads
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency scaling (`rope_type: llama3`) or plain linear scaling."""
+
+    kind: str  # "llama3" | "linear"
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama/Qwen2-family decoder. Field names follow the common meaning, not one library."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    tie_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2
+    eos_token_ids: tuple[int, ...] = ()
+    # NSA parts a native checkpoint carries; a dense checkpoint has neither.
+    nsa: NSAConfig | None = None  # hyper-parameters fixed by the checkpoint (gated)
+    cmp_mlp_hidden: int = 0  # learned compression φ; 0 means mean pooling
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "head_dim", "max_position"):
+            value = getattr(self, name)
+            _require(value > 0, f"ModelConfig.{name} must be positive, got {value}.")
+        check_heads(self.num_q_heads, self.num_kv_heads)

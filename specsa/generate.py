@@ -1,0 +1,109 @@
+"""Autoregressive generation for a batch of prompts: the baseline every speculative
+figure is compared with."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from specsa.cache import PagedKVCache
+from specsa.model.decoder import CausalLM
+from specsa.sampling import SamplingParams, sample
+
+
+@dataclass
+class Generation:
+    """One request's output and timings."""
+
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = ""  # "eos" | "length"
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    def add(self, token: int, params: SamplingParams, eos_ids: frozenset[int]) -> bool:
+        """Append a token; returns True when the request is finished."""
+        self.token_ids.append(token)
+        if token in eos_ids:
+            self.finish_reason = "eos"
+        elif len(self.token_ids) >= params.max_new_tokens:
+            self.finish_reason = "length"
+        return bool(self.finish_reason)
+
+
+def synchronize(device: torch.device) -> float:
+    """Wall time after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def check_lengths(prompts: list[list[int]], params: SamplingParams, max_position: int) -> None:
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"Prompt {i} is empty: give at least one token of text.")
+        if len(prompt) + params.max_new_tokens > max_position:
+            raise ValueError(
+                f"Prompt {i} has {len(prompt)} tokens; with max_new_tokens={params.max_new_tokens} it "
+                f"would pass the model's context of {max_position} tokens. Shorten the prompt or "
+                f"lower --max-new-tokens."
+            )
+
+
+def prefill(
+    model: CausalLM, cache: PagedKVCache, slot: int, prompt: list[int], chunk: int, progress: bool
+) -> Tensor:
+    """Run the prompt through the model in chunks of `chunk` tokens, so memory stays bounded
+    however long it is. Returns the last position's logits [V]."""
+    device = model.lm_head.weight.device
+    ids = torch.tensor(prompt, device=device)
+    bar = tqdm(total=len(prompt), desc="prefill", unit="tok", leave=False, disable=not progress or None)
+    for begin in range(0, len(prompt), chunk):
+        hidden = model(ids[begin : begin + chunk], [slot], [min(chunk, len(prompt) - begin)], cache)
+        bar.update(hidden.shape[0])
+    bar.close()
+    return model.logits(hidden[-1:])[0]
+
+
+def generate(
+    model: CausalLM,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    eos_ids: frozenset[int],
+    *,
+    prefill_chunk: int = 1024,
+    progress: bool = False,
+) -> list[Generation]:
+    """Greedy or sampled autoregressive decoding; prompts may differ in length."""
+    check_lengths(prompts, params, model.config.max_position)
+    device = model.lm_head.weight.device
+    generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
+    cache = model.new_cache(len(prompts), max(map(len, prompts)) + params.max_new_tokens)
+    gens = [Generation(list(p)) for p in prompts]
+    slots = [cache.allocate() for _ in prompts]
+
+    last_logits = []
+    for gen, slot in zip(gens, slots):
+        start = synchronize(device)
+        last_logits.append(prefill(model, cache, slot, gen.prompt_ids, prefill_chunk, progress))
+        gen.prefill_s = synchronize(device) - start
+    start = synchronize(device)
+    next_tokens = sample(torch.stack(last_logits), params, generator).tolist()
+    active = [i for i, gen in enumerate(gens) if not gen.add(next_tokens[i], params, eos_ids)]
+
+    bar = tqdm(total=params.max_new_tokens, desc="decode", unit="tok", leave=False, disable=not progress or None)
+    while active:
+        ids = torch.tensor([gens[i].token_ids[-1] for i in active], device=device)
+        hidden = model(ids, [slots[i] for i in active], [1] * len(active), cache)
+        next_tokens = sample(model.logits(hidden), params, generator).tolist()
+        active = [i for i, token in zip(active, next_tokens) if not gens[i].add(token, params, eos_ids)]
+        bar.update(1)
+    bar.close()
+    decode_s = synchronize(device) - start
+    for gen in gens:
+        gen.decode_s = decode_s
+    return gens

@@ -1,0 +1,81 @@
+"""Llama/Qwen2-family causal LM. Parameter names follow Hugging Face's, so a checkpoint's
+state dict loads as it is."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from specsa.cache import PagedKVCache
+from specsa.config import ModelConfig, NSAConfig
+from specsa.model.attention import Attention, StepBatch
+from specsa.model.layers import RMSNorm, SwiGLU
+from specsa.model.rope import Rotary
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, nsa: NSAConfig | None):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer, nsa)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig, nsa: NSAConfig | None):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, nsa) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """`nsa=None` runs dense attention; otherwise NSA with that configuration."""
+
+    def __init__(self, cfg: ModelConfig, nsa: NSAConfig | None):
+        super().__init__()
+        self.config = cfg
+        self.nsa = nsa
+        self.model = Backbone(cfg, nsa)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rotary = Rotary(cfg)
+
+    def new_cache(self, max_seqs: int, max_len: int) -> PagedKVCache:
+        weight = self.model.embed_tokens.weight
+        return PagedKVCache(
+            num_layers=self.config.num_layers,
+            num_kv_heads=self.config.num_kv_heads,
+            head_dim=self.config.head_dim,
+            max_seqs=max_seqs,
+            max_len=max_len,
+            page_size=self.nsa.sel_block if self.nsa else 64,
+            nsa=self.nsa,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    @torch.inference_mode()
+    def forward(self, token_ids: Tensor, slots: list[int], query_lens: list[int], cache: PagedKVCache) -> Tensor:
+        """Append query_lens[i] tokens to sequence slots[i]; token_ids [N] are flattened in
+        that order. Returns the final hidden states [N, hidden]; `logits` maps them."""
+        starts = [cache.extend(slot, n) for slot, n in zip(slots, query_lens)]
+        batch = StepBatch(slots, starts, query_lens)
+        positions = torch.cat(
+            [torch.arange(start, start + n, device=token_ids.device) for start, n in zip(starts, query_lens)]
+        )
+        cos, sin = self.rotary(positions)
+        x = self.model.embed_tokens(token_ids)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, batch, cache)
+        return self.model.norm(x)
+
+    @torch.inference_mode()
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(hidden).float()

