@@ -37,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--attention", default="nsa", choices=["nsa", "dense"])
     for flag, field in NSA_FLAGS.items():
         gen.add_argument(flag, type=int, default=None, help=f"NSA {field} (dense checkpoints; default: NSA paper)")
+    spec = gen.add_argument_group("speculative decoding")
+    spec.add_argument("--spec", default="off", choices=["off", "ngram", "self", "draft"], help="drafter (default: off)")
+    spec.add_argument("--num-speculative-tokens", type=int, default=4, help="K: tokens drafted per step")
+    spec.add_argument("--draft-model", default=None, help="model for --spec draft (same vocabulary as --model)")
+    spec.add_argument("--ngram-min", type=int, default=1, help="shortest suffix --spec ngram looks up")
+    spec.add_argument("--ngram-max", type=int, default=4, help="longest suffix --spec ngram looks up")
+    spec.add_argument("--self-draft-selected", type=int, default=4, help="n of the self drafter's NSA")
+    spec.add_argument("--self-draft-window", type=int, default=64, help="w of the self drafter's NSA")
+    spec.add_argument("--self-draft-layers", default=None, help="layers the self drafter runs, e.g. 0-11,20")
     gen.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per prefill pass")
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     return parser
@@ -80,15 +89,63 @@ def encode(tokenizer, prompt: str, chat: bool) -> list[int]:
     return tokenizer.encode(prompt)
 
 
+def parse_layers(text: str | None) -> list[int] | None:
+    """'0-11,20' -> [0, 1, …, 11, 20]."""
+    if text is None:
+        return None
+    try:
+        layers = []
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            layers.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ValueError(f"--self-draft-layers takes layer numbers and ranges like 0-11,20; got {text!r}.") from None
+    return layers
+
+
+def check_spec_args(args: argparse.Namespace) -> None:
+    if args.num_speculative_tokens < 1:
+        raise ValueError(f"--num-speculative-tokens must be at least 1, got {args.num_speculative_tokens}.")
+    if args.draft_model is not None and args.spec != "draft":
+        raise ValueError("--draft-model is only used with --spec draft; add --spec draft or drop --draft-model.")
+    if args.spec == "draft" and args.draft_model is None:
+        raise ValueError("--spec draft needs --draft-model PATH (a smaller model with the same vocabulary).")
+    if args.spec == "self" and args.attention != "nsa":
+        raise ValueError("--spec self drafts with a cheaper NSA of the target: use it with --attention nsa.")
+
+
+def make_drafter_factory(args, model, params, overrides, dtype, device, num_prompts: int, max_len: int):
+    """drafter_factory(cache, generator) for the chosen --spec."""
+    import dataclasses
+
+    from specsa.model.loader import load_model
+    from specsa.spec.model_drafter import DraftModelDrafter, SelfDrafter
+    from specsa.spec.ngram import NgramDrafter
+
+    if args.spec == "ngram":
+        drafter = NgramDrafter(args.ngram_min, args.ngram_max)
+        return lambda cache, generator: drafter
+    if args.spec == "self":
+        draft_nsa = dataclasses.replace(model.nsa, num_selected=args.self_draft_selected, window=args.self_draft_window)
+        layers = parse_layers(args.self_draft_layers)
+        return lambda cache, generator: SelfDrafter(model, cache, params, generator, draft_nsa=draft_nsa, layers=layers)
+    draft = load_model(args.draft_model, attention=args.attention, nsa_overrides=overrides, dtype=dtype, device=device)
+    return lambda cache, generator: DraftModelDrafter(
+        draft, model, num_prompts, max_len, params, generator, prefill_chunk=args.prefill_chunk
+    )
+
+
 def run_generate(args: argparse.Namespace) -> None:
     import torch
 
     from specsa.generate import generate
     from specsa.model.loader import load_model, load_tokenizer
     from specsa.sampling import SamplingParams
+    from specsa.spec.engine import generate_speculative
 
     prompts = read_prompts(args)
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    check_spec_args(args)
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field in NSA_FLAGS.items()}
@@ -102,29 +159,51 @@ def run_generate(args: argparse.Namespace) -> None:
     eos = set(model.config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
-    results = generate(model, prompt_ids, params, frozenset(eos), prefill_chunk=args.prefill_chunk, progress=True)
+    options = dict(prefill_chunk=args.prefill_chunk, progress=True)
+    if args.spec == "off":
+        results = generate(model, prompt_ids, params, frozenset(eos), **options)
+    else:
+        max_len = max(map(len, prompt_ids)) + params.max_new_tokens + args.num_speculative_tokens
+        factory = make_drafter_factory(args, model, params, overrides, dtype, device, len(prompt_ids), max_len)
+        results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens, **options)
     for result in results:
-        text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        generated = len(result.token_ids)
-        record = {
-            "text": text,
-            "token_ids": result.token_ids,
-            "prompt_tokens": len(result.prompt_ids),
-            "generated_tokens": generated,
-            "finish_reason": result.finish_reason,
-            "prefill_s": round(result.prefill_s, 6),
-            "decode_s": round(result.decode_s, 6),
-            "decode_tokens_per_s": round(generated / result.decode_s, 3) if result.decode_s > 0 else None,
-        }
-        if args.json:
-            print(json.dumps(record))
-        else:
-            print(text)
-            print(
-                f"[{record['prompt_tokens']} prompt tokens, prefill {record['prefill_s']:.2f}s; {generated} tokens "
-                f"in {record['decode_s']:.2f}s = {record['decode_tokens_per_s']} tok/s; {args.attention}, {device}]",
-                file=sys.stderr,
-            )
+        report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device)
+
+
+def report(args: argparse.Namespace, result, text: str, device) -> None:
+    generated = len(result.token_ids)
+    record = {
+        "text": text,
+        "token_ids": result.token_ids,
+        "prompt_tokens": len(result.prompt_ids),
+        "generated_tokens": generated,
+        "finish_reason": result.finish_reason,
+        "prefill_s": round(result.prefill_s, 6),
+        "decode_s": round(result.decode_s, 6),
+        "decode_tokens_per_s": round(generated / result.decode_s, 3) if result.decode_s > 0 else None,
+        "spec": args.spec,
+    }
+    stats = getattr(result, "stats", None)
+    if stats is not None:
+        record.update(
+            num_speculative_tokens=stats.num_speculative_tokens,
+            acceptance_length=round(stats.acceptance_length, 4),
+            acceptance_rate_by_position=[None if r is None else round(r, 4) for r in stats.acceptance_rate_by_position],
+            drafted=stats.drafted,
+            accepted=stats.accepted,
+            draft_s=round(stats.draft_s, 6),
+            verify_s=round(stats.verify_s, 6),
+        )
+    if args.json:
+        print(json.dumps(record))
+        return
+    print(text)
+    spec = f"; spec {args.spec}, acceptance length {record['acceptance_length']:.2f}" if stats else ""
+    print(
+        f"[{record['prompt_tokens']} prompt tokens, prefill {record['prefill_s']:.2f}s; {generated} tokens "
+        f"in {record['decode_s']:.2f}s = {record['decode_tokens_per_s']} tok/s; {args.attention}, {device}{spec}]",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,15 +55,15 @@ def check_lengths(prompts: list[list[int]], params: SamplingParams, max_position
 
 
 def prefill(
-    model: CausalLM, cache: PagedKVCache, slot: int, prompt: list[int], chunk: int, progress: bool
+    model: CausalLM, cache: PagedKVCache, slot: int, tokens: list[int], chunk: int, progress: bool = False
 ) -> Tensor:
-    """Run the prompt through the model in chunks of `chunk` tokens, so memory stays bounded
-    however long it is. Returns the last position's logits [V]."""
+    """Append `tokens` to a sequence in chunks of `chunk` tokens, so memory stays bounded
+    however long the prompt is. Returns the last position's logits [V]."""
     device = model.lm_head.weight.device
-    ids = torch.tensor(prompt, device=device)
-    bar = tqdm(total=len(prompt), desc="prefill", unit="tok", leave=False, disable=not progress or None)
-    for begin in range(0, len(prompt), chunk):
-        hidden = model(ids[begin : begin + chunk], [slot], [min(chunk, len(prompt) - begin)], cache)
+    ids = torch.tensor(tokens, device=device)
+    bar = tqdm(total=len(tokens), desc="prefill", unit="tok", leave=False, disable=not progress or None)
+    for begin in range(0, len(tokens), chunk):
+        hidden = model(ids[begin : begin + chunk], [slot], [min(chunk, len(tokens) - begin)], cache)
         bar.update(hidden.shape[0])
     bar.close()
     return model.logits(hidden[-1:])[0]

@@ -50,6 +50,12 @@ def test_plain_output_and_batch_from_files(capsys, tiny_llama, tmp_path):
         (["--prompt", "w1", "--device", "quantum"], "--device"),
         (["--prompt", "w1", "--device", "cuda:7"], "cuda"),
         (["--prompt-file", "/no/such/file"], "prompt file"),
+        (["--prompt", "w1", "--spec", "ngram", "--num-speculative-tokens", "0"], "at least 1"),
+        (["--prompt", "w1", "--draft-model", "x"], "only used with --spec draft"),
+        (["--prompt", "w1", "--spec", "draft"], "needs --draft-model"),
+        (["--prompt", "w1", "--spec", "self", "--attention", "dense"], "--attention nsa"),
+        (["--prompt", "w1", "--spec", "self", "--self-draft-layers", "0-x"], "--self-draft-layers"),
+        (["--prompt", "w1", "--spec", "self", "--self-draft-layers", "0-5"], "layers must lie"),
     ],
 )
 def test_bad_input_is_a_clear_error(capsys, tiny_llama, argv, message):
@@ -80,3 +86,25 @@ def test_offline_without_a_cached_default_model_says_how_to_pass_a_path(capsys, 
     monkeypatch.setenv("PIP_TIMEOUT", "2")
     code, _, err = run(capsys, "generate", "--prompt", "hi")
     assert code == 2 and "--model PATH" in err
+
+
+def test_speculative_json_reports_acceptance(capsys, tiny_llama):
+    prompt = " ".join(f"w{i % 10}" for i in range(80))
+    code, out, err = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", prompt, "--max-new-tokens", "12",
+                         "--json", "--spec", "draft", "--draft-model", str(tiny_llama), "--num-speculative-tokens", "3",
+                         *SPARSE_FLAGS)  # fmt: skip
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["spec"] == "draft" and record["num_speculative_tokens"] == 3
+    assert record["acceptance_length"] > 1 and len(record["acceptance_rate_by_position"]) == 3
+    for key in ("draft_s", "verify_s", "drafted", "accepted"):
+        assert key in record
+
+
+def test_draft_model_with_another_vocabulary_is_refused(capsys, tiny_llama, tmp_path):
+    from conftest import make_checkpoint
+
+    other = make_checkpoint(tmp_path, "llama", vocab_size=100)
+    code, _, err = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", "w1 w2", "--spec", "draft",
+                       "--draft-model", str(other))  # fmt: skip
+    assert code == 2 and "vocabulary" in err

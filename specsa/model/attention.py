@@ -46,7 +46,6 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, nsa: NSAConfig | None):
         super().__init__()
         self.layer = layer
-        self.nsa = nsa
         self.num_q_heads, self.num_kv_heads, self.head_dim = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = cfg.head_dim**-0.5
         q_size, kv_size = cfg.num_q_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -62,8 +61,11 @@ class Attention(nn.Module):
         else:
             self.compress_k = self.compress_v = mean_compression
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache) -> Tensor:
-        """x [N, hidden] -> [N, hidden]; appends this step's keys and values to the cache."""
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache, nsa: NSAConfig | None
+    ) -> Tensor:
+        """x [N, hidden] -> [N, hidden]; appends this step's keys and values to the cache.
+        `nsa` is the configuration of this pass: the layer's own, or a self-drafter's cheaper one."""
         n = x.shape[0]
         q = apply_rotary(self.q_proj(x).view(n, self.num_q_heads, self.head_dim), cos, sin)
         k = apply_rotary(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
@@ -75,7 +77,7 @@ class Attention(nn.Module):
         for slot, start, first, last in batch.spans():
             cache.write(self.layer, slot, start, k[first:last], v[first:last])
             keys, values = cache.keys_values(self.layer, slot)
-            if self.nsa is None:
+            if nsa is None:
                 out[first:last] = dense_attention(q[first:last], keys, values, self.scale)
                 continue
             cache.update_compressed(self.layer, slot, start, self.compress_k, self.compress_v)
@@ -86,7 +88,7 @@ class Attention(nn.Module):
                 values,
                 k_cmp,
                 v_cmp,
-                self.nsa,
+                nsa,
                 gates=None if gates is None else gates[first:last],
                 scale=self.scale,
             ).out

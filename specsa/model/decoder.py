@@ -21,8 +21,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, cache)
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache, nsa: NSAConfig | None
+    ) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, cache, nsa)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -62,9 +64,22 @@ class CausalLM(nn.Module):
         )
 
     @torch.inference_mode()
-    def forward(self, token_ids: Tensor, slots: list[int], query_lens: list[int], cache: PagedKVCache) -> Tensor:
+    def forward(
+        self,
+        token_ids: Tensor,
+        slots: list[int],
+        query_lens: list[int],
+        cache: PagedKVCache,
+        *,
+        draft_nsa: NSAConfig | None = None,
+        layers: list[int] | None = None,
+    ) -> Tensor:
         """Append query_lens[i] tokens to sequence slots[i]; token_ids [N] are flattened in
-        that order. Returns the final hidden states [N, hidden]; `logits` maps them."""
+        that order. Returns the final hidden states [N, hidden]; `logits` maps them.
+
+        A self-drafter passes `draft_nsa` (a cheaper selection budget) and may run only
+        `layers`; what it writes to the cache is truncated away before verification.
+        """
         starts = [cache.extend(slot, n) for slot, n in zip(slots, query_lens)]
         batch = StepBatch(slots, starts, query_lens)
         positions = torch.cat(
@@ -72,8 +87,9 @@ class CausalLM(nn.Module):
         )
         cos, sin = self.rotary(positions)
         x = self.model.embed_tokens(token_ids)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, batch, cache)
+        nsa = draft_nsa or self.nsa
+        for index in range(self.config.num_layers) if layers is None else layers:
+            x = self.model.layers[index](x, cos, sin, batch, cache, nsa)
         return self.model.norm(x)
 
     @torch.inference_mode()

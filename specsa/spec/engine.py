@@ -1,0 +1,145 @@
+"""The speculative decoding loop: draft, verify γ+1 tokens in one target pass, accept
+losslessly, roll the caches back to what was committed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from specsa.generate import Generation, check_lengths, prefill, synchronize
+from specsa.model.decoder import CausalLM
+from specsa.sampling import SamplingParams, sample, target_probabilities
+from specsa.spec.acceptance import rejection_sample
+from specsa.spec.drafter import Drafter
+
+
+@dataclass
+class SpecStats:
+    """Per-request speculation metrics."""
+
+    num_speculative_tokens: int
+    target_forwards: int = 0
+    committed: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    drafted_at: list[int] = field(default_factory=list)  # drafts offered per draft position
+    accepted_at: list[int] = field(default_factory=list)  # of them, accepted
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.drafted_at = [0] * self.num_speculative_tokens
+        self.accepted_at = [0] * self.num_speculative_tokens
+
+    def record(self, num_drafted: int, num_accepted: int, num_committed: int) -> None:
+        self.target_forwards += 1
+        self.committed += num_committed
+        self.drafted += num_drafted
+        self.accepted += num_accepted
+        for i in range(num_drafted):
+            self.drafted_at[i] += 1
+            self.accepted_at[i] += i < num_accepted
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens committed per target forward in the decode phase."""
+        return self.committed / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def acceptance_rate_by_position(self) -> list[float | None]:
+        return [a / d if d else None for a, d in zip(self.accepted_at, self.drafted_at)]
+
+
+@dataclass
+class SpecGeneration(Generation):
+    stats: SpecStats | None = None
+
+
+def generate_speculative(
+    model: CausalLM,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    eos_ids: frozenset[int],
+    drafter_factory,
+    num_speculative_tokens: int,
+    *,
+    prefill_chunk: int = 1024,
+    progress: bool = False,
+) -> list[SpecGeneration]:
+    """Like `generate`, but each target pass verifies up to K drafted tokens per sequence.
+
+    `drafter_factory(cache, generator)` builds the drafter once the target's cache exists
+    (the self drafter works in it). Greedy output equals autoregressive greedy output;
+    sampled output has the target's distribution.
+    """
+    if num_speculative_tokens < 1:
+        raise ValueError(f"--num-speculative-tokens must be at least 1, got {num_speculative_tokens}.")
+    check_lengths(prompts, params, model.config.max_position)
+    k = num_speculative_tokens
+    device = model.lm_head.weight.device
+    generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
+    # Verification appends up to K tokens past what is finally kept.
+    cache = model.new_cache(len(prompts), max(map(len, prompts)) + params.max_new_tokens + k)
+    drafter: Drafter = drafter_factory(cache, generator)
+    gens = [SpecGeneration(list(p), stats=SpecStats(k)) for p in prompts]
+    slots = [cache.allocate() for _ in prompts]
+
+    last_logits = []
+    for gen, slot in zip(gens, slots):
+        start = synchronize(device)
+        last_logits.append(prefill(model, cache, slot, gen.prompt_ids, prefill_chunk, progress))
+        gen.prefill_s = synchronize(device) - start
+    start = synchronize(device)
+    first = sample(torch.stack(last_logits), params, generator).tolist()
+    active = [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
+
+    bar = tqdm(total=params.max_new_tokens * len(prompts), desc="decode", unit="tok", leave=False, disable=not progress or None)
+    while active:
+        contexts = [gens[i].prompt_ids + gens[i].token_ids for i in active]
+        budgets = [min(k, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
+        t0 = synchronize(device)
+        proposal = drafter.propose([slots[i] for i in active], contexts, budgets)
+        t1 = synchronize(device)
+
+        num_drafts = [len(d) for d in proposal.tokens]
+        width = max(num_drafts)
+        draft_tokens = torch.tensor([d + [0] * (width - len(d)) for d in proposal.tokens], dtype=torch.long, device=device)
+        if proposal.probs is None:  # one-hot drafts
+            vocab = model.config.vocab_size
+            draft_probs = torch.nn.functional.one_hot(draft_tokens, vocab).float()
+        else:
+            draft_probs = proposal.probs[:, :width]
+        # Verify: each sequence feeds its last committed token and its drafts.
+        feed = [[context[-1]] + drafts for context, drafts in zip(contexts, proposal.tokens)]
+        lengths_before = [cache.lengths[slots[i]] for i in active]
+        hidden = model(torch.tensor(sum(feed, []), device=device), [slots[i] for i in active], [len(f) for f in feed], cache)
+        rows = torch.split(target_probabilities(model.logits(hidden), params), [len(f) for f in feed])
+        target_probs = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width + 1 - len(r))) for r in rows])
+        accepted, next_token = rejection_sample(
+            draft_tokens, draft_probs, target_probs, torch.tensor(num_drafts, device=device), generator
+        )
+        t2 = synchronize(device)
+
+        still_active = []
+        for row, i in enumerate(active):
+            num_accepted = int(accepted[row])
+            committed = proposal.tokens[row][:num_accepted] + [int(next_token[row])]
+            cache.truncate(slots[i], lengths_before[row] + 1 + num_accepted)
+            stats = gens[i].stats
+            stats.record(num_drafts[row], num_accepted, len(committed))
+            stats.draft_s += t1 - t0
+            stats.verify_s += t2 - t1
+            if not any(gens[i].add(token, params, eos_ids) for token in committed):
+                still_active.append(i)
+            else:
+                drafter.release(slots[i])
+            bar.update(len(committed))
+        active = still_active
+    bar.close()
+    decode_s = synchronize(device) - start
+    for gen in gens:
+        gen.decode_s = decode_s
+    return gens
