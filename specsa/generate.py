@@ -69,6 +69,28 @@ def prefill(
     return model.logits(hidden[-1:])[0]
 
 
+def start_requests(
+    model: CausalLM,
+    cache: PagedKVCache,
+    gens: list[Generation],
+    slots: list[int],
+    params: SamplingParams,
+    eos_ids: frozenset[int],
+    generator: torch.Generator | None,
+    prefill_chunk: int,
+    progress: bool,
+) -> list[int]:
+    """Prefill every prompt and sample its first token; returns the requests still running."""
+    device = model.lm_head.weight.device
+    last_logits = []
+    for gen, slot in zip(gens, slots):
+        start = synchronize(device)
+        last_logits.append(prefill(model, cache, slot, gen.prompt_ids, prefill_chunk, progress))
+        gen.prefill_s = synchronize(device) - start
+    first = sample(torch.stack(last_logits), params, generator).tolist()
+    return [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
+
+
 def generate(
     model: CausalLM,
     prompts: list[list[int]],
@@ -86,14 +108,8 @@ def generate(
     gens = [Generation(list(p)) for p in prompts]
     slots = [cache.allocate() for _ in prompts]
 
-    last_logits = []
-    for gen, slot in zip(gens, slots):
-        start = synchronize(device)
-        last_logits.append(prefill(model, cache, slot, gen.prompt_ids, prefill_chunk, progress))
-        gen.prefill_s = synchronize(device) - start
+    active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
     start = synchronize(device)
-    next_tokens = sample(torch.stack(last_logits), params, generator).tolist()
-    active = [i for i, gen in enumerate(gens) if not gen.add(next_tokens[i], params, eos_ids)]
 
     bar = tqdm(total=params.max_new_tokens, desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:

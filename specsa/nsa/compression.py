@@ -37,14 +37,11 @@ class MLPCompression(nn.Module):
         return self.fc2(nn.functional.silu(self.fc1(x)))  # [B, N, H, D]
 
 
-def compress(x: Tensor, cfg: NSAConfig, phi: Compression, first: int = 0) -> Tensor:
-    """Compressed tokens `first, first+1, ...` that are complete within x [B, S, H, D].
-
-    Returns [B, N, H, D]; N may be 0. `first` lets a cache compress only new tokens.
-    """
-    count = cfg.num_cmp_tokens(x.shape[1]) - first
-    if count <= 0:
+def compress(x: Tensor, cfg: NSAConfig, phi: Compression) -> Tensor:
+    """The compressed tokens complete within x [B, S, H, D]: [B, N, H, D], N may be 0."""
+    count = cfg.num_cmp_tokens(x.shape[1])
+    if count == 0:
         return x.new_zeros(x.shape[0], 0, *x.shape[2:])
-    starts = (first + torch.arange(count, device=x.device)) * cfg.cmp_stride  # [N]
+    starts = torch.arange(count, device=x.device) * cfg.cmp_stride  # [N]
     index = starts[:, None] + torch.arange(cfg.cmp_block, device=x.device)  # [N, l]
     return phi(x[:, index])  # x[:, index]: [B, N, l, H, D]

@@ -37,13 +37,9 @@ def block_overlap_weights(cfg: NSAConfig, num_cmp: int, num_blocks: int) -> Tens
     """
     subs_per_token = cfg.cmp_block // cfg.cmp_stride
     subs_per_block = cfg.sel_block // cfg.cmp_stride
-    weights = torch.zeros(num_cmp, num_blocks)
-    for i in range(num_cmp):
-        for sub in range(i, i + subs_per_token):
-            block = sub // subs_per_block
-            if block < num_blocks:
-                weights[i, block] += 1
-    return weights
+    token_subs = torch.arange(num_cmp)[:, None] + torch.arange(subs_per_token)  # [Nc, l/d]
+    block_of_sub = token_subs // subs_per_block
+    return (block_of_sub[..., None] == torch.arange(num_blocks)).sum(1).float()
 
 
 def forced_blocks(positions: Tensor, num_blocks: int, cfg: NSAConfig) -> Tensor:

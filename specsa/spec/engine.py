@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from specsa.generate import Generation, check_lengths, prefill, synchronize
+from specsa.generate import Generation, check_lengths, start_requests, synchronize
 from specsa.model.decoder import CausalLM
-from specsa.sampling import SamplingParams, sample, target_probabilities
+from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import rejection_sample
 from specsa.spec.drafter import Drafter
 
@@ -87,14 +87,8 @@ def generate_speculative(
     gens = [SpecGeneration(list(p), stats=SpecStats(k)) for p in prompts]
     slots = [cache.allocate() for _ in prompts]
 
-    last_logits = []
-    for gen, slot in zip(gens, slots):
-        start = synchronize(device)
-        last_logits.append(prefill(model, cache, slot, gen.prompt_ids, prefill_chunk, progress))
-        gen.prefill_s = synchronize(device) - start
+    active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
     start = synchronize(device)
-    first = sample(torch.stack(last_logits), params, generator).tolist()
-    active = [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
 
     bar = tqdm(total=params.max_new_tokens * len(prompts), desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:
