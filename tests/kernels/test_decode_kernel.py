@@ -9,8 +9,8 @@ import torch
 from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
 from specsa.nsa.compression import mean_compression
-from specsa.nsa.kernels.decode import block_scores, nsa_decode_paged
-from specsa.nsa.reference import block_overlap_weights, nsa_attention
+from specsa.nsa.kernels.decode import nsa_decode_paged
+from specsa.nsa.reference import nsa_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -64,16 +64,7 @@ def test_decode_kernel_equals_reference(case, combine, splits):
         k_cmp, v_cmp = cache.compressed(0, b)
         ref = nsa_attention(q[b, None, None], k[None], v[None], cfg, gates=gates[b, None, None],
                             k_cmp=k_cmp[None], v_cmp=v_cmp[None])  # fmt: skip
-        assert torch.equal(selected[b], ref.selected[0, 0]), f"sequence {b} (length {length})"
+        in_rank_order = selected[b].long()
+        ascending = in_rank_order.masked_fill(in_rank_order < 0, 1 << 30).sort(-1).values
+        assert torch.equal(ascending.masked_fill(ascending == 1 << 30, -1), ref.selected[0, 0]), f"sequence {b}"
         torch.testing.assert_close(out[b], ref.out[0, 0], atol=2e-5, rtol=2e-5)
-
-
-def test_block_scores_equal_the_overlap_weights():
-    gen = torch.Generator().manual_seed(3)
-    for fields in (dict(cmp_block=32, cmp_stride=16, sel_block=64), dict(cmp_block=16, cmp_stride=4, sel_block=16),
-                   dict(cmp_block=8, cmp_stride=8, sel_block=32)):  # fmt: skip
-        cfg = NSAConfig(**fields)
-        importance = torch.rand(2, 3, 37, generator=gen, dtype=torch.float64)
-        num_blocks = 12
-        expected = importance @ block_overlap_weights(cfg, 37, num_blocks).double()
-        torch.testing.assert_close(block_scores(importance, cfg, num_blocks), expected)

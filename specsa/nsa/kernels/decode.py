@@ -1,15 +1,17 @@
 """Triton NSA decode: one new query per sequence over a paged KV cache.
 
-Three steps, each computing exactly what `nsa/reference.py` computes:
+Four launches, each computing exactly what `nsa/reference.py` computes:
 
-1. `_cmp_attention_kernel`, grid (B, Hkv): the compressed branch for the G query heads of
-   a KV head as one [G, BLOCK_N] tile per step, then a second pass that turns the scores
-   into probabilities and sums them over the group: the GQA-shared importance P[i].
-2. Block scores (P weighted by w(i, j)) and top-n selection: a few small torch ops.
+1. `_cmp_partial_kernel`, grid (B, Hkv, splits): the compressed branch of a KV head's G
+   query heads as [G, BLOCK_N] tiles on the tensor cores, the compressed tokens split
+   across programs; raw scores are kept for step 2.
+2. `_select_kernel`, grid (B, Hkv): the refresh step. Merges step 1, turns the scores into
+   the group's importance P, weights P into block scores and takes the top n.
 3. `_sparse_attention_kernel`, grid (B, Hkv, splits): selected blocks and the window in
    one pass, a page (= selection block) at a time; with `merged` a window block that is
-   also selected is skipped, so every token counts once. The work of one KV head is split
-   across programs (split-K) and merged by log-sum-exp, so batch 1 fills the GPU.
+   also selected is skipped, so every token counts once. Split-K over the blocks, so
+   batch 1 fills the GPU.
+4. `_merge_kernel`: log-sum-exp merge of the splits and the branch combination.
 """
 
 from __future__ import annotations
@@ -22,28 +24,27 @@ import triton.language as tl
 from torch import Tensor
 
 from specsa.config import Combine, NSAConfig
-from specsa.nsa.reference import select_blocks
 
 
 @triton.jit
-def _cmp_attention_kernel(
+def _cmp_partial_kernel(
     q_ptr,  # [B, Hq, D]
     k_cmp_ptr,  # [slots, C, Hkv, D]
     v_cmp_ptr,
     slots_ptr,  # [B] int32
     seq_lens_ptr,  # [B] int32, including the new token
-    o_ptr,  # [B, Hq, D] fp32: the compressed branch
-    imp_ptr,  # [B, Hkv, C] fp32, zero-filled: importance P
+    scores_ptr,  # [B, Hq, C] fp32: raw scores q·k̃ / √D, kept for the importance
+    part_o_ptr,  # [B, Hq, CMP_SPLITS, D] fp32: unnormalised partial outputs
+    part_ml_ptr,  # [B, Hq, CMP_SPLITS, 2] fp32: (max, denominator)
     stride_qb,
     stride_qh,
     stride_cs,
     stride_cc,
     stride_ch,
-    stride_ob,
-    stride_oh,
-    stride_ib,
-    stride_ih,
     scale,
+    C: tl.constexpr,
+    CHUNK: tl.constexpr,  # compressed tokens per split, a multiple of BLOCK_N
+    CMP_SPLITS: tl.constexpr,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     G: tl.constexpr,
@@ -51,7 +52,9 @@ def _cmp_attention_kernel(
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    """The compressed branch of one KV head's G query heads over one chunk of compressed
+    tokens, as [G, BLOCK_N] tiles on the tensor cores (split-K over the tokens)."""
+    i_b, i_h, i_split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     slot = tl.load(slots_ptr + i_b)
     length = tl.load(seq_lens_ptr + i_b)
     # Every complete compressed token is visible to the newest query.
@@ -60,14 +63,14 @@ def _cmp_attention_kernel(
     o_g = tl.arange(0, G_PAD)
     o_d = tl.arange(0, D)
     m_g = o_g < G
-    p_q = q_ptr + i_b * stride_qb + (i_h * G + o_g[:, None]) * stride_qh + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_g[:, None], other=0.0)  # [G_PAD, D]
+    rows = i_b * G * tl.num_programs(1) + i_h * G + o_g  # [G_PAD] rows of [B, Hq]
+    b_q = tl.load(q_ptr + i_b * stride_qb + (i_h * G + o_g[:, None]) * stride_qh + o_d[None, :], mask=m_g[:, None], other=0.0)
     base = slot * stride_cs + i_h * stride_ch
 
     b_m = tl.full([G_PAD], float("-inf"), tl.float32)  # running max
     b_l = tl.zeros([G_PAD], tl.float32)  # running denominator
     b_acc = tl.zeros([G_PAD, D], tl.float32)
-    for start in range(0, n_cmp, BLOCK_N):
+    for start in range(i_split * CHUNK, tl.minimum((i_split + 1) * CHUNK, n_cmp), BLOCK_N):
         o_n = start + tl.arange(0, BLOCK_N)
         m_n = o_n < n_cmp
         p_kv = base + o_n[:, None] * stride_cc + o_d[None, :]
@@ -75,25 +78,93 @@ def _cmp_attention_kernel(
         b_v = tl.load(v_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)
         b_s = tl.dot(b_q, tl.trans(b_k)) * scale  # [G_PAD, BLOCK_N]
         b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+        tl.store(scores_ptr + rows[:, None] * C + o_n[None, :], b_s, mask=m_g[:, None] & m_n[None, :])
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
         b_alpha = tl.exp(b_m - b_m_new)
         b_p = tl.exp(b_s - b_m_new[:, None])
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
         b_m = b_m_new
-    b_o = tl.where(b_l[:, None] > 0, b_acc / b_l[:, None], 0.0)
-    p_o = o_ptr + i_b * stride_ob + (i_h * G + o_g[:, None]) * stride_oh + o_d[None, :]
-    tl.store(p_o, b_o, mask=m_g[:, None])
+    part = rows * CMP_SPLITS + i_split  # [G_PAD]
+    tl.store(part_o_ptr + part[:, None] * D + o_d[None, :], b_acc, mask=m_g[:, None])
+    tl.store(part_ml_ptr + part * 2, b_m, mask=m_g)
+    tl.store(part_ml_ptr + part * 2 + 1, b_l, mask=m_g)
 
-    # Second pass: normalised probabilities, summed over the group.
+
+@triton.jit
+def _select_kernel(
+    seq_lens_ptr,  # [B] int32
+    scores_ptr,  # [B, Hq, C] fp32 from _cmp_partial_kernel
+    part_o_ptr,  # [B, Hq, CMP_SPLITS, D]
+    part_ml_ptr,  # [B, Hq, CMP_SPLITS, 2]
+    o_cmp_ptr,  # [B, Hq, D] fp32: the compressed branch
+    importance_ptr,  # [B, Hkv, C] fp32 scratch
+    selected_ptr,  # [B, Hkv, NUM_SEL] int32, rank order, -1 pads
+    C: tl.constexpr,
+    CMP_SPLITS: tl.constexpr,
+    CMP_BLOCK: tl.constexpr,
+    CMP_STRIDE: tl.constexpr,
+    PAGE: tl.constexpr,
+    NUM_BLOCKS: tl.constexpr,
+    NB_PAD: tl.constexpr,
+    NUM_SEL: tl.constexpr,
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The refresh step: merge the compressed branch, turn its scores into the group's
+    importance P, weight P into block scores and pick the top n (forced blocks first,
+    ties to the lower index)."""
+    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    t = tl.load(seq_lens_ptr + i_b) - 1
+    n_cmp = tl.maximum(t + 1 + CMP_STRIDE - CMP_BLOCK, 0) // CMP_STRIDE
+    o_g = tl.arange(0, G_PAD)
+    o_d = tl.arange(0, D)
+    m_g = o_g < G
+    rows = i_b * G * tl.num_programs(1) + i_h * G + o_g  # [G_PAD]
+
+    b_m = tl.full([G_PAD], float("-inf"), tl.float32)
+    for split in range(CMP_SPLITS):
+        b_m = tl.maximum(b_m, tl.load(part_ml_ptr + (rows * CMP_SPLITS + split) * 2, mask=m_g, other=float("-inf")))
+    b_l = tl.zeros([G_PAD], tl.float32)
+    b_acc = tl.zeros([G_PAD, D], tl.float32)
+    for split in range(CMP_SPLITS):
+        part = rows * CMP_SPLITS + split
+        b_m_s = tl.load(part_ml_ptr + part * 2, mask=m_g, other=float("-inf"))
+        b_w = tl.where(b_m_s > float("-inf"), tl.exp(b_m_s - b_m), 0.0)
+        b_l += b_w * tl.load(part_ml_ptr + part * 2 + 1, mask=m_g, other=0.0)
+        b_acc += b_w[:, None] * tl.load(part_o_ptr + part[:, None] * D + o_d[None, :], mask=m_g[:, None], other=0.0)
+    b_o = tl.where(b_l[:, None] > 0, b_acc / b_l[:, None], 0.0)
+    tl.store(o_cmp_ptr + rows[:, None] * D + o_d[None, :], b_o, mask=m_g[:, None])
+
+    p_importance = importance_ptr + (i_b * tl.num_programs(1) + i_h) * C
     for start in range(0, n_cmp, BLOCK_N):
         o_n = start + tl.arange(0, BLOCK_N)
         m_n = o_n < n_cmp
-        b_k = tl.load(k_cmp_ptr + base + o_n[:, None] * stride_cc + o_d[None, :], mask=m_n[:, None], other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k)) * scale  # [G_PAD, BLOCK_N]
-        b_p = tl.exp(b_s - b_m[:, None]) / b_l[:, None]
-        b_p = tl.where(m_g[:, None] & m_n[None, :], b_p, 0.0)
-        tl.store(imp_ptr + i_b * stride_ib + i_h * stride_ih + o_n, tl.sum(b_p, 0), mask=m_n)
+        b_s = tl.load(scores_ptr + rows[:, None] * C + o_n[None, :], mask=m_g[:, None] & m_n[None, :], other=float("-inf"))
+        b_p = tl.where(m_g[:, None], tl.exp(b_s - b_m[:, None]) / b_l[:, None], 0.0)  # [G_PAD, BLOCK_N]
+        tl.store(p_importance + o_n, tl.sum(b_p, 0), mask=m_n)
+    tl.debug_barrier()  # the importance written above is read back by other threads
+
+    # Block j is stride-d sub-blocks j·l'/d …; token i covers sub-blocks i … i + l/d - 1.
+    o_j = tl.arange(0, NB_PAD)
+    b_score = tl.zeros([NB_PAD], tl.float32)
+    for shift in tl.static_range(CMP_BLOCK // CMP_STRIDE):
+        for sub in tl.static_range(PAGE // CMP_STRIDE):
+            token = o_j * (PAGE // CMP_STRIDE) + sub - shift
+            valid = (token >= 0) & (token < n_cmp) & (o_j < NUM_BLOCKS)
+            b_score += tl.load(p_importance + token, mask=valid, other=0.0)
+    current = t // PAGE
+    forced = (o_j == 0) | (o_j == current) | (o_j == current - 1)
+    b_key = tl.where(forced, float("inf"), b_score)
+    b_key = tl.where((o_j * PAGE <= t) & (o_j < NUM_BLOCKS), b_key, float("-inf"))
+    p_selected = selected_ptr + (i_b * tl.num_programs(1) + i_h) * NUM_SEL
+    for rank in tl.static_range(NUM_SEL):
+        best = tl.argmax(b_key, 0)  # the first of equal maxima: ties go to the lower index
+        found = tl.max(b_key, 0) > float("-inf")
+        tl.store(p_selected + rank, tl.where(found, best, -1).to(tl.int32))
+        b_key = tl.where(o_j == best, float("-inf"), b_key)
 
 
 @triton.jit
@@ -220,27 +291,49 @@ def _sparse_attention_kernel(
     tl.store(p_ml + 3, b_l1, mask=m_g)
 
 
-def block_scores(importance: Tensor, cfg: NSAConfig, num_blocks: int) -> Tensor:
-    """Σ_i w(i, j)·P[i] without the [Nc, Nb] weight matrix: token i covers stride-d
-    sub-blocks i … i + l/d - 1, and block j is sub-blocks j·l'/d … (j+1)·l'/d - 1.
-
-    importance [..., C] -> scores [..., num_blocks]."""
-    subs_per_token = cfg.cmp_block // cfg.cmp_stride
-    subs_per_block = cfg.sel_block // cfg.cmp_stride
-    num_subs = num_blocks * subs_per_block
-    padded = torch.nn.functional.pad(importance, (subs_per_token - 1, max(num_subs - importance.shape[-1], 0)))
-    sub_scores = sum(padded[..., m : m + num_subs] for m in range(subs_per_token))  # [..., num_subs]
-    return sub_scores.unflatten(-1, (num_blocks, subs_per_block)).sum(-1)
-
-
-def merge_splits(part_o: Tensor, part_ml: Tensor) -> Tensor:
-    """Log-sum-exp merge over splits: [B, Hq, S, 2, D], [B, Hq, S, 2, 2] -> [B, Hq, 2, D]."""
-    m, l = part_ml.unbind(-1)  # [B, Hq, S, 2]
-    m_max = m.amax(2, keepdim=True)
-    weight = torch.where(m > float("-inf"), torch.exp(m - m_max), 0.0)
-    denominator = (weight * l).sum(2)  # [B, Hq, 2]
-    out = (weight[..., None] * part_o).sum(2)
-    return torch.where(denominator[..., None] > 0, out / denominator[..., None], 0.0)
+@triton.jit
+def _merge_kernel(
+    q_ptr,  # [B, Hq, D]: only its dtype matters
+    part_o_ptr,  # [B, Hq, SPLITS, 2, D]
+    part_ml_ptr,  # [B, Hq, SPLITS, 2, 2]
+    o_cmp_ptr,  # [B, Hq, D] fp32
+    gates_ptr,  # [B, Hq, 3] (gated only)
+    out_ptr,  # [B, Hq, D]
+    SPLITS: tl.constexpr,
+    MERGED: tl.constexpr,
+    D: tl.constexpr,
+):
+    """Log-sum-exp merge of the split-K partials, then the combination of the branches."""
+    row = tl.program_id(0)  # over B·Hq
+    o_d = tl.arange(0, D)
+    p_ml = part_ml_ptr + row * SPLITS * 4
+    m0 = float("-inf")
+    m1 = float("-inf")
+    for split in range(SPLITS):
+        m0 = tl.maximum(m0, tl.load(p_ml + split * 4))
+        m1 = tl.maximum(m1, tl.load(p_ml + split * 4 + 2))
+    l0 = 0.0
+    l1 = 0.0
+    b_o0 = tl.zeros([D], tl.float32)
+    b_o1 = tl.zeros([D], tl.float32)
+    for split in range(SPLITS):
+        p_o = part_o_ptr + (row * SPLITS + split) * 2 * D + o_d
+        ms0 = tl.load(p_ml + split * 4)
+        w0 = tl.where(ms0 > float("-inf"), tl.exp(ms0 - m0), 0.0)
+        l0 += w0 * tl.load(p_ml + split * 4 + 1)
+        b_o0 += w0 * tl.load(p_o)
+        if not MERGED:
+            ms1 = tl.load(p_ml + split * 4 + 2)
+            w1 = tl.where(ms1 > float("-inf"), tl.exp(ms1 - m1), 0.0)
+            l1 += w1 * tl.load(p_ml + split * 4 + 3)
+            b_o1 += w1 * tl.load(p_o + D)
+    b_out = b_o0 / l0
+    if not MERGED:
+        g_cmp = tl.load(gates_ptr + row * 3).to(tl.float32)
+        g_slc = tl.load(gates_ptr + row * 3 + 1).to(tl.float32)
+        g_win = tl.load(gates_ptr + row * 3 + 2).to(tl.float32)
+        b_out = g_cmp * tl.load(o_cmp_ptr + row * D + o_d) + g_slc * b_out + g_win * (b_o1 / l1)
+    tl.store(out_ptr + row * D + o_d, b_out.to(out_ptr.dtype.element_ty))
 
 
 def nsa_decode_paged(
@@ -263,37 +356,52 @@ def nsa_decode_paged(
     k_pages, v_pages [pages, l', Hkv, D] (one layer); block_table [slots, max_pages];
     slots, seq_lens [B] int32 (lengths include the new token, already written);
     k_cmp, v_cmp [slots, C, Hkv, D] (all complete compressed tokens written);
-    gates [B, Hq, 3] for `gated`. Returns out [B, Hq, D] and selected [B, Hkv, n].
+    gates [B, Hq, 3] for `gated`. Returns out [B, Hq, D] and selected [B, Hkv, n]
+    (rank order: forced blocks, then by score; -1 pads). Four launches, no host sync,
+    so a step can be captured in a CUDA graph.
     """
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads, page = k_pages.shape[2], k_pages.shape[1]
     if page != cfg.sel_block:
         raise ValueError(f"The cache's page ({page}) must equal the selection block ({cfg.sel_block}).")
+    if cfg.combine is Combine.GATED and gates is None:
+        raise ValueError("The gated combination needs gates of shape [B, Hq, 3].")
     group = num_q_heads // num_kv_heads
     group_pad = max(16, triton.next_power_of_2(group))
     scale = head_dim**-0.5 if scale is None else scale
-    num_blocks = block_table.shape[1]
+    num_blocks, capacity = block_table.shape[1], k_cmp.shape[1]
+    programs_wanted = 2 * 132  # about two programs per SM on an H100
+    f32 = dict(device=q.device, dtype=torch.float32)
 
-    o_cmp = torch.empty(batch, num_q_heads, head_dim, device=q.device, dtype=torch.float32)
-    importance = torch.zeros(batch, num_kv_heads, k_cmp.shape[1], device=q.device, dtype=torch.float32)
-    _cmp_attention_kernel[(batch, num_kv_heads)](
-        q, k_cmp, v_cmp, slots, seq_lens, o_cmp, importance,
-        q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
-        o_cmp.stride(0), o_cmp.stride(1), importance.stride(0), importance.stride(1), scale,
-        CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, G=group, G_PAD=group_pad, D=head_dim, BLOCK_N=64,
+    block_n = 64
+    cmp_splits = max(1, min(math.ceil(capacity / block_n), math.ceil(programs_wanted / (batch * num_kv_heads))))
+    chunk = math.ceil(capacity / cmp_splits / block_n) * block_n
+    cmp_splits = math.ceil(capacity / chunk)
+    scores = torch.empty(batch, num_q_heads, capacity, **f32)
+    cmp_part_o = torch.empty(batch, num_q_heads, cmp_splits, head_dim, **f32)
+    cmp_part_ml = torch.empty(batch, num_q_heads, cmp_splits, 2, **f32)
+    _cmp_partial_kernel[(batch, num_kv_heads, cmp_splits)](
+        q, k_cmp, v_cmp, slots, seq_lens, scores, cmp_part_o, cmp_part_ml,
+        q.stride(0), q.stride(1), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), scale,
+        C=capacity, CHUNK=chunk, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride,
+        G=group, G_PAD=group_pad, D=head_dim, BLOCK_N=block_n,
     )  # fmt: skip
 
-    positions = seq_lens.long() - 1  # [B]
-    # The reference's selection, with the decode batch standing in for its query axis.
-    scores = block_scores(importance, cfg, num_blocks)[None]  # [1, B, Hkv, Nb]
-    selected = select_blocks(scores, positions, cfg)[0]  # [B, Hkv, n]
+    o_cmp = torch.empty(batch, num_q_heads, head_dim, **f32)
+    importance = torch.empty(batch, num_kv_heads, capacity, **f32)
+    selected = torch.empty(batch, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
+    _select_kernel[(batch, num_kv_heads)](
+        seq_lens, scores, cmp_part_o, cmp_part_ml, o_cmp, importance, selected,
+        C=capacity, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page,
+        NUM_BLOCKS=num_blocks, NB_PAD=triton.next_power_of_2(num_blocks), NUM_SEL=cfg.num_selected,
+        G=group, G_PAD=group_pad, D=head_dim, BLOCK_N=block_n,
+    )  # fmt: skip
 
     num_window_blocks = math.ceil((cfg.window - 1) / cfg.sel_block) + 1
-    work = cfg.num_selected + num_window_blocks
-    if splits is None:  # about two programs per SM on an H100
-        splits = max(1, min(work, math.ceil(264 / (batch * num_kv_heads))))
-    part_o = torch.empty(batch, num_q_heads, splits, 2, head_dim, device=q.device, dtype=torch.float32)
-    part_ml = torch.empty(batch, num_q_heads, splits, 2, 2, device=q.device, dtype=torch.float32)
+    if splits is None:
+        splits = max(1, min(cfg.num_selected + num_window_blocks, math.ceil(programs_wanted / (batch * num_kv_heads))))
+    part_o = torch.empty(batch, num_q_heads, splits, 2, head_dim, **f32)
+    part_ml = torch.empty(batch, num_q_heads, splits, 2, 2, **f32)
     _sparse_attention_kernel[(batch, num_kv_heads, splits)](
         q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
@@ -302,10 +410,10 @@ def nsa_decode_paged(
         NUM_WIN_BLOCKS=num_window_blocks, SPLITS=splits, MERGED=cfg.combine is Combine.MERGED,
         G=group, G_PAD=group_pad, D=head_dim, PAGE=page,
     )  # fmt: skip
-    branches = merge_splits(part_o, part_ml)  # [B, Hq, 2, D]
-    if cfg.combine is Combine.MERGED:
-        out = branches[:, :, 0]
-    else:
-        g_cmp, g_slc, g_win = gates.float().unbind(-1)
-        out = g_cmp[..., None] * o_cmp + g_slc[..., None] * branches[:, :, 0] + g_win[..., None] * branches[:, :, 1]
-    return out.to(q.dtype), selected
+
+    out = torch.empty_like(q)
+    _merge_kernel[(batch * num_q_heads,)](
+        q, part_o, part_ml, o_cmp, o_cmp if gates is None else gates.contiguous(), out,
+        SPLITS=splits, MERGED=cfg.combine is Combine.MERGED, D=head_dim,
+    )  # fmt: skip
+    return out, selected
