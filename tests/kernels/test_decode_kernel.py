@@ -15,9 +15,10 @@ from specsa.nsa.reference import nsa_attention
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def filled_cache(cfg: NSAConfig, lengths: list[int], heads: int, dim: int, seed: int) -> PagedKVCache:
+def filled_cache(cfg: NSAConfig, lengths: list[int], heads: int, dim: int, seed: int, tied: bool = False) -> PagedKVCache:
     """A cache holding random keys/values for sequences of the given lengths, written in
-    uneven pieces and interleaved, so pages are scattered."""
+    uneven pieces and interleaved, so pages are scattered. `tied`: every key is the same,
+    so block scores tie and the lower index must win."""
     gen = torch.Generator().manual_seed(seed)
     cache = PagedKVCache(num_layers=1, num_kv_heads=heads, head_dim=dim, max_seqs=len(lengths),
                          max_len=max(lengths) + 5, page_size=cfg.sel_block, nsa=cfg, dtype=torch.float32, device=DEVICE)  # fmt: skip
@@ -28,6 +29,8 @@ def filled_cache(cfg: NSAConfig, lengths: list[int], heads: int, dim: int, seed:
             n = min(int(torch.randint(1, 40, (1,), generator=gen)), lengths[i] - written[i])
             if n:
                 kv = torch.randn(2, n, heads, dim, generator=gen).to(DEVICE)
+                if tied:
+                    kv[0] = 0.5
                 start = cache.extend(slot, n)
                 cache.write(0, slot, start, kv[0], kv[1])
                 cache.update_compressed(0, slot, start, mean_compression, mean_compression)
@@ -40,16 +43,18 @@ CASES = {  # name: (config, lengths, Hq, Hkv, D)
     "shorter-than-l": (dict(cmp_block=16, cmp_stride=8, sel_block=16, num_selected=4, window=40), [5, 15, 16, 17], 4, 4, 32),
     "group-1-long": (dict(cmp_block=16, cmp_stride=16, sel_block=32, num_selected=5, window=16), [300], 2, 2, 16),
     "window-past-selection": (dict(cmp_block=8, cmp_stride=8, sel_block=16, num_selected=3, window=70), [211, 64], 6, 3, 16),
+    # more than 64 blocks: the selection is assembled from several programs' candidates
+    "many-blocks": (dict(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=6, window=24), [1500, 40], 2, 1, 16),
 }
 
 
 @pytest.mark.parametrize("combine", ["merged", "gated"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [*CASES, "many-blocks-tied"])
 @pytest.mark.parametrize("splits", [1, 3])
 def test_decode_kernel_equals_reference(case, combine, splits):
-    fields, lengths, hq, hkv, dim = CASES[case]
+    fields, lengths, hq, hkv, dim = CASES[case.removesuffix("-tied")]
     cfg = NSAConfig(**fields, combine=combine)
-    cache = filled_cache(cfg, lengths, hkv, dim, seed=len(case) + splits)
+    cache = filled_cache(cfg, lengths, hkv, dim, seed=len(case) + splits, tied=case.endswith("-tied"))
     gen = torch.Generator().manual_seed(7)
     q = torch.randn(len(lengths), hq, dim, generator=gen).to(DEVICE)
     gates = torch.rand(len(lengths), hq, 3, generator=gen).to(DEVICE)

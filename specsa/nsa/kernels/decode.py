@@ -1,16 +1,16 @@
 """Triton NSA decode: one new query per sequence over a paged KV cache.
 
-Four launches, each computing exactly what `nsa/reference.py` computes:
+Four launches, each computing exactly what `nsa/reference.py` computes, none of them
+serial over the context, so batch 1 fills the GPU:
 
 1. `_cmp_partial_kernel`, grid (B, Hkv, splits): the compressed branch of a KV head's G
    query heads as [G, BLOCK_N] tiles on the tensor cores, the compressed tokens split
    across programs; raw scores are kept for step 2.
-2. `_select_kernel`, grid (B, Hkv): the refresh step. Merges step 1, turns the scores into
-   the group's importance P, weights P into block scores and takes the top n.
-3. `_sparse_attention_kernel`, grid (B, Hkv, splits): selected blocks and the window in
-   one pass, a page (= selection block) at a time; with `merged` a window block that is
-   also selected is skipped, so every token counts once. Split-K over the blocks, so
-   batch 1 fills the GPU.
+2. `_block_candidates_kernel`, grid (B, Hkv, splits): the refresh step over a range of
+   selection blocks: importance P from the merged softmax, block scores, local top n.
+3. `_sparse_attention_kernel`, grid (B, Hkv, splits): the top n of the candidates, then
+   selected blocks and the window in one pass, a page (= selection block) at a time; with
+   `merged` a window block that is also selected is skipped, so every token counts once.
 4. `_merge_kernel`: log-sum-exp merge of the splits and the branch combination.
 """
 
@@ -92,79 +92,64 @@ def _cmp_partial_kernel(
 
 
 @triton.jit
-def _select_kernel(
+def _block_candidates_kernel(
     seq_lens_ptr,  # [B] int32
     scores_ptr,  # [B, Hq, C] fp32 from _cmp_partial_kernel
-    part_o_ptr,  # [B, Hq, CMP_SPLITS, D]
-    part_ml_ptr,  # [B, Hq, CMP_SPLITS, 2]
-    o_cmp_ptr,  # [B, Hq, D] fp32: the compressed branch
-    importance_ptr,  # [B, Hkv, C] fp32 scratch
-    selected_ptr,  # [B, Hkv, NUM_SEL] int32, rank order, -1 pads
+    cmp_part_ml_ptr,  # [B, Hq, CMP_SPLITS, 2]
+    cand_block_ptr,  # [B, Hkv, SEL_SPLITS, NUM_SEL] int32: local top-n blocks, -1 pads
+    cand_key_ptr,  # [B, Hkv, SEL_SPLITS, NUM_SEL] fp32: their ranking keys
     C: tl.constexpr,
     CMP_SPLITS: tl.constexpr,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     PAGE: tl.constexpr,
     NUM_BLOCKS: tl.constexpr,
-    NB_PAD: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr,
     NUM_SEL: tl.constexpr,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
-    D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
 ):
-    """The refresh step: merge the compressed branch, turn its scores into the group's
-    importance P, weight P into block scores and pick the top n (forced blocks first,
-    ties to the lower index)."""
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    """The refresh step for one range of selection blocks: the group's importance P
+    (softmax over all compressed tokens, merged from the splits of step 1), weighted into
+    block scores, and the range's own top n. The global top n is among these candidates."""
+    i_b, i_h, i_split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = tl.load(seq_lens_ptr + i_b) - 1
     n_cmp = tl.maximum(t + 1 + CMP_STRIDE - CMP_BLOCK, 0) // CMP_STRIDE
     o_g = tl.arange(0, G_PAD)
-    o_d = tl.arange(0, D)
     m_g = o_g < G
     rows = i_b * G * tl.num_programs(1) + i_h * G + o_g  # [G_PAD]
 
-    b_m = tl.full([G_PAD], float("-inf"), tl.float32)
+    b_m = tl.full([G_PAD], float("-inf"), tl.float32)  # the softmax's max and denominator per head
     for split in range(CMP_SPLITS):
-        b_m = tl.maximum(b_m, tl.load(part_ml_ptr + (rows * CMP_SPLITS + split) * 2, mask=m_g, other=float("-inf")))
+        b_m = tl.maximum(b_m, tl.load(cmp_part_ml_ptr + (rows * CMP_SPLITS + split) * 2, mask=m_g, other=float("-inf")))
     b_l = tl.zeros([G_PAD], tl.float32)
-    b_acc = tl.zeros([G_PAD, D], tl.float32)
     for split in range(CMP_SPLITS):
         part = rows * CMP_SPLITS + split
-        b_m_s = tl.load(part_ml_ptr + part * 2, mask=m_g, other=float("-inf"))
+        b_m_s = tl.load(cmp_part_ml_ptr + part * 2, mask=m_g, other=float("-inf"))
         b_w = tl.where(b_m_s > float("-inf"), tl.exp(b_m_s - b_m), 0.0)
-        b_l += b_w * tl.load(part_ml_ptr + part * 2 + 1, mask=m_g, other=0.0)
-        b_acc += b_w[:, None] * tl.load(part_o_ptr + part[:, None] * D + o_d[None, :], mask=m_g[:, None], other=0.0)
-    b_o = tl.where(b_l[:, None] > 0, b_acc / b_l[:, None], 0.0)
-    tl.store(o_cmp_ptr + rows[:, None] * D + o_d[None, :], b_o, mask=m_g[:, None])
-
-    p_importance = importance_ptr + (i_b * tl.num_programs(1) + i_h) * C
-    for start in range(0, n_cmp, BLOCK_N):
-        o_n = start + tl.arange(0, BLOCK_N)
-        m_n = o_n < n_cmp
-        b_s = tl.load(scores_ptr + rows[:, None] * C + o_n[None, :], mask=m_g[:, None] & m_n[None, :], other=float("-inf"))
-        b_p = tl.where(m_g[:, None], tl.exp(b_s - b_m[:, None]) / b_l[:, None], 0.0)  # [G_PAD, BLOCK_N]
-        tl.store(p_importance + o_n, tl.sum(b_p, 0), mask=m_n)
-    tl.debug_barrier()  # the importance written above is read back by other threads
+        b_l += b_w * tl.load(cmp_part_ml_ptr + part * 2 + 1, mask=m_g, other=0.0)
 
     # Block j is stride-d sub-blocks j·l'/d …; token i covers sub-blocks i … i + l/d - 1.
-    o_j = tl.arange(0, NB_PAD)
-    b_score = tl.zeros([NB_PAD], tl.float32)
+    o_j = i_split * BLOCKS_PER_SPLIT + tl.arange(0, BLOCKS_PER_SPLIT)
+    b_score = tl.zeros([BLOCKS_PER_SPLIT], tl.float32)
     for shift in tl.static_range(CMP_BLOCK // CMP_STRIDE):
         for sub in tl.static_range(PAGE // CMP_STRIDE):
             token = o_j * (PAGE // CMP_STRIDE) + sub - shift
-            valid = (token >= 0) & (token < n_cmp) & (o_j < NUM_BLOCKS)
-            b_score += tl.load(p_importance + token, mask=valid, other=0.0)
+            valid = m_g[:, None] & ((token >= 0) & (token < n_cmp) & (o_j < NUM_BLOCKS))[None, :]
+            b_s = tl.load(scores_ptr + rows[:, None] * C + token[None, :], mask=valid, other=0.0)  # [G_PAD, BPS]
+            b_p = tl.where(valid, tl.exp(b_s - b_m[:, None]) / b_l[:, None], 0.0)
+            b_score += tl.sum(b_p, 0)
     current = t // PAGE
     forced = (o_j == 0) | (o_j == current) | (o_j == current - 1)
     b_key = tl.where(forced, float("inf"), b_score)
     b_key = tl.where((o_j * PAGE <= t) & (o_j < NUM_BLOCKS), b_key, float("-inf"))
-    p_selected = selected_ptr + (i_b * tl.num_programs(1) + i_h) * NUM_SEL
+    out = ((i_b * tl.num_programs(1) + i_h) * tl.num_programs(2) + i_split) * NUM_SEL
     for rank in tl.static_range(NUM_SEL):
         best = tl.argmax(b_key, 0)  # the first of equal maxima: ties go to the lower index
-        found = tl.max(b_key, 0) > float("-inf")
-        tl.store(p_selected + rank, tl.where(found, best, -1).to(tl.int32))
-        b_key = tl.where(o_j == best, float("-inf"), b_key)
+        key = tl.max(b_key, 0)
+        tl.store(cand_block_ptr + out + rank, tl.where(key > float("-inf"), i_split * BLOCKS_PER_SPLIT + best, -1))
+        tl.store(cand_key_ptr + out + rank, key)
+        b_key = tl.where(o_j == i_split * BLOCKS_PER_SPLIT + best, float("-inf"), b_key)
 
 
 @triton.jit
@@ -212,7 +197,9 @@ def _sparse_attention_kernel(
     block_table_ptr,  # [slots, max_pages]
     slots_ptr,  # [B] int32
     seq_lens_ptr,  # [B] int32
-    selected_ptr,  # [B, Hkv, NUM_SEL] int64, -1 pads
+    cand_block_ptr,  # [B, Hkv, NUM_CAND] int32 from _block_candidates_kernel
+    cand_key_ptr,  # [B, Hkv, NUM_CAND] fp32
+    selected_ptr,  # [B, Hkv, NUM_SEL] int32 out (rank order, -1 pads), written by split 0
     part_o_ptr,  # [B, Hq, SPLITS, 2, D] fp32: unnormalised partial outputs (branch 0 slc/merged, 1 win)
     part_ml_ptr,  # [B, Hq, SPLITS, 2, 2] fp32: (max, denominator)
     stride_qb,
@@ -221,10 +208,10 @@ def _sparse_attention_kernel(
     stride_pt,
     stride_ph,
     stride_bt,
-    stride_sb,
-    stride_sh,
     scale,
     WINDOW: tl.constexpr,
+    NUM_CAND: tl.constexpr,
+    NUM_CAND_PAD: tl.constexpr,
     NUM_SEL: tl.constexpr,
     NUM_SEL_PAD: tl.constexpr,
     NUM_WIN_BLOCKS: tl.constexpr,
@@ -244,8 +231,20 @@ def _sparse_attention_kernel(
     m_g = o_g < G
     p_q = q_ptr + i_b * stride_qb + (i_h * G + o_g[:, None]) * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_g[:, None], other=0.0)  # [G_PAD, D]
-    p_sel = selected_ptr + i_b * stride_sb + i_h * stride_sh
-    b_sel = tl.load(p_sel + tl.arange(0, NUM_SEL_PAD), mask=tl.arange(0, NUM_SEL_PAD) < NUM_SEL, other=-1)
+    # The top n of the candidates: every program of this head finds the same selection.
+    o_c = tl.arange(0, NUM_CAND_PAD)
+    p_cand = (i_b * tl.num_programs(1) + i_h) * NUM_CAND + o_c
+    b_cand_key = tl.load(cand_key_ptr + p_cand, mask=o_c < NUM_CAND, other=float("-inf"))
+    b_cand_block = tl.load(cand_block_ptr + p_cand, mask=o_c < NUM_CAND, other=-1)
+    o_s = tl.arange(0, NUM_SEL_PAD)
+    b_sel = tl.full([NUM_SEL_PAD], -1, tl.int32)
+    for rank in tl.static_range(NUM_SEL):
+        best = tl.argmax(b_cand_key, 0)  # candidates are in block order within equal keys
+        block = tl.sum(tl.where(o_c == best, b_cand_block, 0))
+        b_sel = tl.where(o_s == rank, tl.where(tl.max(b_cand_key, 0) > float("-inf"), block, -1), b_sel)
+        b_cand_key = tl.where(o_c == best, float("-inf"), b_cand_key)
+    if i_split == 0:
+        tl.store(selected_ptr + (i_b * tl.num_programs(1) + i_h) * NUM_SEL + o_s, b_sel, mask=o_s < NUM_SEL)
 
     b_m0 = tl.full([G_PAD], float("-inf"), tl.float32)  # selected (merged: everything)
     b_l0 = tl.zeros([G_PAD], tl.float32)
@@ -255,7 +254,7 @@ def _sparse_attention_kernel(
     b_acc1 = tl.zeros([G_PAD, D], tl.float32)
 
     for item in range(i_split, NUM_SEL, SPLITS):
-        block = tl.load(p_sel + item)
+        block = tl.sum(tl.where(o_s == item, b_sel, 0))
         if block >= 0:
             page = tl.load(block_table_ptr + slot * stride_bt + block)
             b_m0, b_l0, b_acc0 = _attend_page(
@@ -292,14 +291,33 @@ def _sparse_attention_kernel(
 
 
 @triton.jit
+def _merge_cmp(part_o_ptr, part_ml_ptr, row, CMP_SPLITS: tl.constexpr, D: tl.constexpr):
+    """The compressed branch of one query head from its split-K partials; zero if no token."""
+    o_d = tl.arange(0, D)
+    m = float("-inf")
+    for split in range(CMP_SPLITS):
+        m = tl.maximum(m, tl.load(part_ml_ptr + (row * CMP_SPLITS + split) * 2))
+    l = 0.0
+    b_acc = tl.zeros([D], tl.float32)
+    for split in range(CMP_SPLITS):
+        m_s = tl.load(part_ml_ptr + (row * CMP_SPLITS + split) * 2)
+        w = tl.where(m_s > float("-inf"), tl.exp(m_s - m), 0.0)
+        l += w * tl.load(part_ml_ptr + (row * CMP_SPLITS + split) * 2 + 1)
+        b_acc += w * tl.load(part_o_ptr + (row * CMP_SPLITS + split) * D + o_d)
+    return tl.where(l > 0, b_acc / l, 0.0)
+
+
+@triton.jit
 def _merge_kernel(
     q_ptr,  # [B, Hq, D]: only its dtype matters
     part_o_ptr,  # [B, Hq, SPLITS, 2, D]
     part_ml_ptr,  # [B, Hq, SPLITS, 2, 2]
-    o_cmp_ptr,  # [B, Hq, D] fp32
+    cmp_part_o_ptr,  # [B, Hq, CMP_SPLITS, D] (gated only)
+    cmp_part_ml_ptr,  # [B, Hq, CMP_SPLITS, 2]
     gates_ptr,  # [B, Hq, 3] (gated only)
     out_ptr,  # [B, Hq, D]
     SPLITS: tl.constexpr,
+    CMP_SPLITS: tl.constexpr,
     MERGED: tl.constexpr,
     D: tl.constexpr,
 ):
@@ -332,7 +350,7 @@ def _merge_kernel(
         g_cmp = tl.load(gates_ptr + row * 3).to(tl.float32)
         g_slc = tl.load(gates_ptr + row * 3 + 1).to(tl.float32)
         g_win = tl.load(gates_ptr + row * 3 + 2).to(tl.float32)
-        b_out = g_cmp * tl.load(o_cmp_ptr + row * D + o_d) + g_slc * b_out + g_win * (b_o1 / l1)
+        b_out = g_cmp * _merge_cmp(cmp_part_o_ptr, cmp_part_ml_ptr, row, CMP_SPLITS, D) + g_slc * b_out + g_win * (b_o1 / l1)
     tl.store(out_ptr + row * D + o_d, b_out.to(out_ptr.dtype.element_ty))
 
 
@@ -387,14 +405,16 @@ def nsa_decode_paged(
         G=group, G_PAD=group_pad, D=head_dim, BLOCK_N=block_n,
     )  # fmt: skip
 
-    o_cmp = torch.empty(batch, num_q_heads, head_dim, **f32)
-    importance = torch.empty(batch, num_kv_heads, capacity, **f32)
-    selected = torch.empty(batch, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
-    _select_kernel[(batch, num_kv_heads)](
-        seq_lens, scores, cmp_part_o, cmp_part_ml, o_cmp, importance, selected,
+    # At least 64 blocks a program, so the candidates stay few (≤ 16 n at 64K, batch 1).
+    blocks_per_split = max(64, triton.next_power_of_2(math.ceil(num_blocks * batch * num_kv_heads / programs_wanted)))
+    sel_splits = math.ceil(num_blocks / blocks_per_split)
+    cand_block = torch.empty(batch, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int32)
+    cand_key = torch.empty(batch, num_kv_heads, sel_splits, cfg.num_selected, **f32)
+    _block_candidates_kernel[(batch, num_kv_heads, sel_splits)](
+        seq_lens, scores, cmp_part_ml, cand_block, cand_key,
         C=capacity, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page,
-        NUM_BLOCKS=num_blocks, NB_PAD=triton.next_power_of_2(num_blocks), NUM_SEL=cfg.num_selected,
-        G=group, G_PAD=group_pad, D=head_dim, BLOCK_N=block_n,
+        NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split, NUM_SEL=cfg.num_selected,
+        G=group, G_PAD=group_pad,
     )  # fmt: skip
 
     num_window_blocks = math.ceil((cfg.window - 1) / cfg.sel_block) + 1
@@ -402,18 +422,20 @@ def nsa_decode_paged(
         splits = max(1, min(cfg.num_selected + num_window_blocks, math.ceil(programs_wanted / (batch * num_kv_heads))))
     part_o = torch.empty(batch, num_q_heads, splits, 2, head_dim, **f32)
     part_ml = torch.empty(batch, num_q_heads, splits, 2, 2, **f32)
+    selected = torch.empty(batch, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
+    num_candidates = sel_splits * cfg.num_selected
     _sparse_attention_kernel[(batch, num_kv_heads, splits)](
-        q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml,
-        q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
-        block_table.stride(0), selected.stride(0), selected.stride(1), scale,
-        WINDOW=cfg.window, NUM_SEL=cfg.num_selected, NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
+        q, k_pages, v_pages, block_table, slots, seq_lens, cand_block, cand_key, selected, part_o, part_ml,
+        q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2), block_table.stride(0), scale,
+        WINDOW=cfg.window, NUM_CAND=num_candidates, NUM_CAND_PAD=triton.next_power_of_2(num_candidates),
+        NUM_SEL=cfg.num_selected, NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
         NUM_WIN_BLOCKS=num_window_blocks, SPLITS=splits, MERGED=cfg.combine is Combine.MERGED,
         G=group, G_PAD=group_pad, D=head_dim, PAGE=page,
     )  # fmt: skip
 
     out = torch.empty_like(q)
     _merge_kernel[(batch * num_q_heads,)](
-        q, part_o, part_ml, o_cmp, o_cmp if gates is None else gates.contiguous(), out,
-        SPLITS=splits, MERGED=cfg.combine is Combine.MERGED, D=head_dim,
+        q, part_o, part_ml, cmp_part_o, cmp_part_ml, part_ml if gates is None else gates.contiguous(), out,
+        SPLITS=splits, CMP_SPLITS=cmp_splits, MERGED=cfg.combine is Combine.MERGED, D=head_dim,
     )  # fmt: skip
     return out, selected
