@@ -99,7 +99,7 @@ def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
         ref_ms = triton.testing.do_bench(
             lambda: nsa_attention(q[:1, None], *(x[None] for x in cache.keys_values(0, 0)), cfg,
                                   k_cmp=cache.compressed(0, 0)[0][None], v_cmp=cache.compressed(0, 0)[1][None]),
-            warmup=5, rep=50, return_mode="median")  # fmt: skip
+            warmup=1, rep=20, return_mode="median")  # fmt: skip
         row["reference_ms_batch1"] = ref_ms
 
     row["nsa_eager_ms"] = bench(lambda: nsa_decode_paged(*args))

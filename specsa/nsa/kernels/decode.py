@@ -100,6 +100,7 @@ def _block_candidates_kernel(
     cand_key_ptr,  # [B, Hkv, SEL_SPLITS, NUM_SEL] fp32: their ranking keys
     C: tl.constexpr,
     CMP_SPLITS: tl.constexpr,
+    CMP_SPLITS_PAD: tl.constexpr,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     PAGE: tl.constexpr,
@@ -119,15 +120,14 @@ def _block_candidates_kernel(
     m_g = o_g < G
     rows = i_b * G * tl.num_programs(1) + i_h * G + o_g  # [G_PAD]
 
-    b_m = tl.full([G_PAD], float("-inf"), tl.float32)  # the softmax's max and denominator per head
-    for split in range(CMP_SPLITS):
-        b_m = tl.maximum(b_m, tl.load(cmp_part_ml_ptr + (rows * CMP_SPLITS + split) * 2, mask=m_g, other=float("-inf")))
-    b_l = tl.zeros([G_PAD], tl.float32)
-    for split in range(CMP_SPLITS):
-        part = rows * CMP_SPLITS + split
-        b_m_s = tl.load(cmp_part_ml_ptr + part * 2, mask=m_g, other=float("-inf"))
-        b_w = tl.where(b_m_s > float("-inf"), tl.exp(b_m_s - b_m), 0.0)
-        b_l += b_w * tl.load(cmp_part_ml_ptr + part * 2 + 1, mask=m_g, other=0.0)
+    # The softmax's max and denominator per head, merged from step 1's splits in one tile.
+    o_cs = tl.arange(0, CMP_SPLITS_PAD)
+    m_part = m_g[:, None] & (o_cs < CMP_SPLITS)[None, :]
+    p_part = cmp_part_ml_ptr + (rows[:, None] * CMP_SPLITS + o_cs[None, :]) * 2
+    b_m_parts = tl.load(p_part, mask=m_part, other=float("-inf"))  # [G_PAD, CMP_SPLITS_PAD]
+    b_m = tl.max(b_m_parts, 1)
+    b_w = tl.where(b_m_parts > float("-inf"), tl.exp(b_m_parts - b_m[:, None]), 0.0)
+    b_l = tl.sum(b_w * tl.load(p_part + 1, mask=m_part, other=0.0), 1)
 
     # Block j is stride-d sub-blocks j·l'/d …; token i covers sub-blocks i … i + l/d - 1.
     o_j = i_split * BLOCKS_PER_SPLIT + tl.arange(0, BLOCKS_PER_SPLIT)
@@ -291,20 +291,17 @@ def _sparse_attention_kernel(
 
 
 @triton.jit
-def _merge_cmp(part_o_ptr, part_ml_ptr, row, CMP_SPLITS: tl.constexpr, D: tl.constexpr):
-    """The compressed branch of one query head from its split-K partials; zero if no token."""
-    o_d = tl.arange(0, D)
-    m = float("-inf")
-    for split in range(CMP_SPLITS):
-        m = tl.maximum(m, tl.load(part_ml_ptr + (row * CMP_SPLITS + split) * 2))
-    l = 0.0
-    b_acc = tl.zeros([D], tl.float32)
-    for split in range(CMP_SPLITS):
-        m_s = tl.load(part_ml_ptr + (row * CMP_SPLITS + split) * 2)
-        w = tl.where(m_s > float("-inf"), tl.exp(m_s - m), 0.0)
-        l += w * tl.load(part_ml_ptr + (row * CMP_SPLITS + split) * 2 + 1)
-        b_acc += w * tl.load(part_o_ptr + (row * CMP_SPLITS + split) * D + o_d)
-    return tl.where(l > 0, b_acc / l, 0.0)
+def _merge_parts(p_o, p_ml, splits, ml_stride, o_stride, SPLITS_PAD: tl.constexpr, D: tl.constexpr):
+    """Log-sum-exp merge of `splits` partials: split i has (max, denominator) at
+    p_ml + i·ml_stride (+1) and its unnormalised output at p_o + i·o_stride."""
+    o_s = tl.arange(0, SPLITS_PAD)
+    m_s = o_s < splits
+    b_m = tl.load(p_ml + o_s * ml_stride, mask=m_s, other=float("-inf"))  # [SPLITS_PAD]
+    m = tl.max(b_m, 0)
+    b_w = tl.where(b_m > float("-inf"), tl.exp(b_m - m), 0.0)
+    l = tl.sum(b_w * tl.load(p_ml + o_s * ml_stride + 1, mask=m_s, other=0.0), 0)
+    b_o = tl.load(p_o + o_s[:, None] * o_stride + tl.arange(0, D)[None, :], mask=m_s[:, None], other=0.0)
+    return tl.where(l > 0, tl.sum(b_w[:, None] * b_o, 0) / l, 0.0)
 
 
 @triton.jit
@@ -317,40 +314,29 @@ def _merge_kernel(
     gates_ptr,  # [B, Hq, 3] (gated only)
     out_ptr,  # [B, Hq, D]
     SPLITS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
     CMP_SPLITS: tl.constexpr,
+    CMP_SPLITS_PAD: tl.constexpr,
     MERGED: tl.constexpr,
     D: tl.constexpr,
 ):
-    """Log-sum-exp merge of the split-K partials, then the combination of the branches."""
+    """The split-K partials merged, then the branches combined."""
     row = tl.program_id(0)  # over B·Hq
     o_d = tl.arange(0, D)
-    p_ml = part_ml_ptr + row * SPLITS * 4
-    m0 = float("-inf")
-    m1 = float("-inf")
-    for split in range(SPLITS):
-        m0 = tl.maximum(m0, tl.load(p_ml + split * 4))
-        m1 = tl.maximum(m1, tl.load(p_ml + split * 4 + 2))
-    l0 = 0.0
-    l1 = 0.0
-    b_o0 = tl.zeros([D], tl.float32)
-    b_o1 = tl.zeros([D], tl.float32)
-    for split in range(SPLITS):
-        p_o = part_o_ptr + (row * SPLITS + split) * 2 * D + o_d
-        ms0 = tl.load(p_ml + split * 4)
-        w0 = tl.where(ms0 > float("-inf"), tl.exp(ms0 - m0), 0.0)
-        l0 += w0 * tl.load(p_ml + split * 4 + 1)
-        b_o0 += w0 * tl.load(p_o)
-        if not MERGED:
-            ms1 = tl.load(p_ml + split * 4 + 2)
-            w1 = tl.where(ms1 > float("-inf"), tl.exp(ms1 - m1), 0.0)
-            l1 += w1 * tl.load(p_ml + split * 4 + 3)
-            b_o1 += w1 * tl.load(p_o + D)
-    b_out = b_o0 / l0
+    # Partials are [SPLITS, branch, D] outputs and [SPLITS, branch, (max, denominator)].
+    b_out = _merge_parts(part_o_ptr + row * SPLITS * 2 * D, part_ml_ptr + row * SPLITS * 4, SPLITS, 4, 2 * D, SPLITS_PAD, D)
     if not MERGED:
         g_cmp = tl.load(gates_ptr + row * 3).to(tl.float32)
         g_slc = tl.load(gates_ptr + row * 3 + 1).to(tl.float32)
         g_win = tl.load(gates_ptr + row * 3 + 2).to(tl.float32)
-        b_out = g_cmp * _merge_cmp(cmp_part_o_ptr, cmp_part_ml_ptr, row, CMP_SPLITS, D) + g_slc * b_out + g_win * (b_o1 / l1)
+        b_win = _merge_parts(
+            part_o_ptr + row * SPLITS * 2 * D + D, part_ml_ptr + row * SPLITS * 4 + 2, SPLITS, 4, 2 * D, SPLITS_PAD, D
+        )
+        b_cmp = _merge_parts(
+            cmp_part_o_ptr + row * CMP_SPLITS * D, cmp_part_ml_ptr + row * CMP_SPLITS * 2, CMP_SPLITS, 2, D,
+            CMP_SPLITS_PAD, D,
+        )  # fmt: skip
+        b_out = g_cmp * b_cmp + g_slc * b_out + g_win * b_win
     tl.store(out_ptr + row * D + o_d, b_out.to(out_ptr.dtype.element_ty))
 
 
@@ -405,16 +391,16 @@ def nsa_decode_paged(
         G=group, G_PAD=group_pad, D=head_dim, BLOCK_N=block_n,
     )  # fmt: skip
 
-    # At least 64 blocks a program, so the candidates stay few (≤ 16 n at 64K, batch 1).
-    blocks_per_split = max(64, triton.next_power_of_2(math.ceil(num_blocks * batch * num_kv_heads / programs_wanted)))
+    # 64 blocks a program: [G, 64] score tiles stay in registers, and 16·n candidates at 64K.
+    blocks_per_split = 64
     sel_splits = math.ceil(num_blocks / blocks_per_split)
     cand_block = torch.empty(batch, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int32)
     cand_key = torch.empty(batch, num_kv_heads, sel_splits, cfg.num_selected, **f32)
     _block_candidates_kernel[(batch, num_kv_heads, sel_splits)](
         seq_lens, scores, cmp_part_ml, cand_block, cand_key,
-        C=capacity, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page,
-        NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split, NUM_SEL=cfg.num_selected,
-        G=group, G_PAD=group_pad,
+        C=capacity, CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=triton.next_power_of_2(cmp_splits), CMP_BLOCK=cfg.cmp_block,
+        CMP_STRIDE=cfg.cmp_stride, PAGE=page, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
+        NUM_SEL=cfg.num_selected, G=group, G_PAD=group_pad, num_warps=2,
     )  # fmt: skip
 
     num_window_blocks = math.ceil((cfg.window - 1) / cfg.sel_block) + 1
@@ -436,6 +422,7 @@ def nsa_decode_paged(
     out = torch.empty_like(q)
     _merge_kernel[(batch * num_q_heads,)](
         q, part_o, part_ml, cmp_part_o, cmp_part_ml, part_ml if gates is None else gates.contiguous(), out,
-        SPLITS=splits, CMP_SPLITS=cmp_splits, MERGED=cfg.combine is Combine.MERGED, D=head_dim,
+        SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), CMP_SPLITS=cmp_splits,
+        CMP_SPLITS_PAD=triton.next_power_of_2(cmp_splits), MERGED=cfg.combine is Combine.MERGED, D=head_dim,
     )  # fmt: skip
     return out, selected
