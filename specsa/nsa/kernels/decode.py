@@ -92,6 +92,22 @@ def _cmp_partial_kernel(
 
 
 @triton.jit
+def _count_beaten_by(b_key, o_pos, b_other, o_other):
+    """For each key, how many of the others beat it: a larger key, or an equal key at a
+    lower position (ties go to the lower index). b_key [M], b_other [K] -> [M] int32."""
+    larger = b_other[None, :] > b_key[:, None]
+    tie_won = (b_other[None, :] == b_key[:, None]) & (o_other[None, :] < o_pos[:, None])
+    return tl.sum((larger | tie_won).to(tl.int32), 1)
+
+
+@triton.jit
+def _by_rank(rank, keep, b_value, o_slot, empty):
+    """[len(o_slot)]: slot r gets the kept value of rank r, or `empty` (values exceed it)."""
+    match = (rank[None, :] == o_slot[:, None]) & keep[None, :]
+    return tl.max(tl.where(match, b_value[None, :], empty), 1)
+
+
+@triton.jit
 def _block_candidates_kernel(
     seq_lens_ptr,  # [B] int32
     scores_ptr,  # [B, Hq, C] fp32 from _cmp_partial_kernel
@@ -107,6 +123,7 @@ def _block_candidates_kernel(
     NUM_BLOCKS: tl.constexpr,
     BLOCKS_PER_SPLIT: tl.constexpr,
     NUM_SEL: tl.constexpr,
+    NUM_SEL_PAD: tl.constexpr,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
 ):
@@ -143,13 +160,12 @@ def _block_candidates_kernel(
     forced = (o_j == 0) | (o_j == current) | (o_j == current - 1)
     b_key = tl.where(forced, float("inf"), b_score)
     b_key = tl.where((o_j * PAGE <= t) & (o_j < NUM_BLOCKS), b_key, float("-inf"))
-    out = ((i_b * tl.num_programs(1) + i_h) * tl.num_programs(2) + i_split) * NUM_SEL
-    for rank in tl.static_range(NUM_SEL):
-        best = tl.argmax(b_key, 0)  # the first of equal maxima: ties go to the lower index
-        key = tl.max(b_key, 0)
-        tl.store(cand_block_ptr + out + rank, tl.where(key > float("-inf"), i_split * BLOCKS_PER_SPLIT + best, -1))
-        tl.store(cand_key_ptr + out + rank, key)
-        b_key = tl.where(o_j == i_split * BLOCKS_PER_SPLIT + best, float("-inf"), b_key)
+    rank = _count_beaten_by(b_key, o_j, b_key, o_j)  # [BPS], all in registers
+    keep = (rank < NUM_SEL) & (b_key > float("-inf"))
+    o_slot = tl.arange(0, NUM_SEL_PAD)
+    out = ((i_b * tl.num_programs(1) + i_h) * tl.num_programs(2) + i_split) * NUM_SEL + o_slot
+    tl.store(cand_block_ptr + out, _by_rank(rank, keep, o_j, o_slot, -1), mask=o_slot < NUM_SEL)
+    tl.store(cand_key_ptr + out, _by_rank(rank, keep, b_key, o_slot, float("-inf")), mask=o_slot < NUM_SEL)
 
 
 @triton.jit
@@ -212,6 +228,7 @@ def _sparse_attention_kernel(
     WINDOW: tl.constexpr,
     NUM_CAND: tl.constexpr,
     NUM_CAND_PAD: tl.constexpr,
+    CAND_CHUNK: tl.constexpr,
     NUM_SEL: tl.constexpr,
     NUM_SEL_PAD: tl.constexpr,
     NUM_WIN_BLOCKS: tl.constexpr,
@@ -232,17 +249,18 @@ def _sparse_attention_kernel(
     p_q = q_ptr + i_b * stride_qb + (i_h * G + o_g[:, None]) * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_g[:, None], other=0.0)  # [G_PAD, D]
     # The top n of the candidates: every program of this head finds the same selection.
+    # Candidates sit in block order within equal keys, so position breaks ties like index.
     o_c = tl.arange(0, NUM_CAND_PAD)
-    p_cand = (i_b * tl.num_programs(1) + i_h) * NUM_CAND + o_c
-    b_cand_key = tl.load(cand_key_ptr + p_cand, mask=o_c < NUM_CAND, other=float("-inf"))
-    b_cand_block = tl.load(cand_block_ptr + p_cand, mask=o_c < NUM_CAND, other=-1)
+    p_cand = (i_b * tl.num_programs(1) + i_h) * NUM_CAND
+    b_cand_key = tl.load(cand_key_ptr + p_cand + o_c, mask=o_c < NUM_CAND, other=float("-inf"))
+    b_cand_block = tl.load(cand_block_ptr + p_cand + o_c, mask=o_c < NUM_CAND, other=-1)
+    rank = tl.zeros([NUM_CAND_PAD], tl.int32)
+    for first in tl.static_range(0, NUM_CAND_PAD, CAND_CHUNK):
+        o_k = first + tl.arange(0, CAND_CHUNK)
+        b_k = tl.load(cand_key_ptr + p_cand + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
+        rank += _count_beaten_by(b_cand_key, o_c, b_k, o_k)
     o_s = tl.arange(0, NUM_SEL_PAD)
-    b_sel = tl.full([NUM_SEL_PAD], -1, tl.int32)
-    for rank in tl.static_range(NUM_SEL):
-        best = tl.argmax(b_cand_key, 0)  # candidates are in block order within equal keys
-        block = tl.sum(tl.where(o_c == best, b_cand_block, 0))
-        b_sel = tl.where(o_s == rank, tl.where(tl.max(b_cand_key, 0) > float("-inf"), block, -1), b_sel)
-        b_cand_key = tl.where(o_c == best, float("-inf"), b_cand_key)
+    b_sel = _by_rank(rank, (rank < NUM_SEL) & (b_cand_key > float("-inf")), b_cand_block, o_s, -1)
     if i_split == 0:
         tl.store(selected_ptr + (i_b * tl.num_programs(1) + i_h) * NUM_SEL + o_s, b_sel, mask=o_s < NUM_SEL)
 
@@ -400,7 +418,8 @@ def nsa_decode_paged(
         seq_lens, scores, cmp_part_ml, cand_block, cand_key,
         C=capacity, CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=triton.next_power_of_2(cmp_splits), CMP_BLOCK=cfg.cmp_block,
         CMP_STRIDE=cfg.cmp_stride, PAGE=page, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
-        NUM_SEL=cfg.num_selected, G=group, G_PAD=group_pad, num_warps=2,
+        NUM_SEL=cfg.num_selected, NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
+        G=group, G_PAD=triton.next_power_of_2(group),
     )  # fmt: skip
 
     num_window_blocks = math.ceil((cfg.window - 1) / cfg.sel_block) + 1
@@ -414,6 +433,7 @@ def nsa_decode_paged(
         q, k_pages, v_pages, block_table, slots, seq_lens, cand_block, cand_key, selected, part_o, part_ml,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2), block_table.stride(0), scale,
         WINDOW=cfg.window, NUM_CAND=num_candidates, NUM_CAND_PAD=triton.next_power_of_2(num_candidates),
+        CAND_CHUNK=min(64, triton.next_power_of_2(num_candidates)),
         NUM_SEL=cfg.num_selected, NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
         NUM_WIN_BLOCKS=num_window_blocks, SPLITS=splits, MERGED=cfg.combine is Combine.MERGED,
         G=group, G_PAD=group_pad, D=head_dim, PAGE=page,
