@@ -1,6 +1,6 @@
 """Triton NSA decode: one new query per sequence over a paged KV cache.
 
-Four launches, each computing exactly what `nsa/reference.py` computes, none of them
+Five launches, each computing exactly what `nsa/reference.py` computes, none of them
 serial over the context, so batch 1 fills the GPU:
 
 1. `_cmp_partial_kernel`, grid (B, Hkv, splits): the compressed branch of a KV head's G
@@ -8,10 +8,11 @@ serial over the context, so batch 1 fills the GPU:
    across programs; raw scores are kept for step 2.
 2. `_block_candidates_kernel`, grid (B, Hkv, splits): the refresh step over a range of
    selection blocks: importance P from the merged softmax, block scores, local top n.
-3. `_sparse_attention_kernel`, grid (B, Hkv, splits): the top n of the candidates, then
-   selected blocks and the window in one pass, a page (= selection block) at a time; with
-   `merged` a window block that is also selected is skipped, so every token counts once.
-4. `_merge_kernel`: log-sum-exp merge of the splits and the branch combination.
+3. `_select_kernel`, grid (B·Hkv): the top n of the candidates, by pairwise ranks.
+4. `_sparse_attention_kernel`, grid (B, Hkv, splits): selected blocks and the window in
+   one pass, a page (= selection block) at a time; with `merged` a window block that is
+   also selected is skipped, so every token counts once.
+5. `_merge_kernel`: log-sum-exp merge of the splits and the branch combination.
 """
 
 from __future__ import annotations
@@ -169,6 +170,36 @@ def _block_candidates_kernel(
 
 
 @triton.jit
+def _select_kernel(
+    cand_block_ptr,  # [B, Hkv, NUM_CAND] int32 from _block_candidates_kernel
+    cand_key_ptr,  # [B, Hkv, NUM_CAND] fp32
+    selected_ptr,  # [B, Hkv, NUM_SEL] int32: rank order, -1 pads
+    NUM_CAND: tl.constexpr,
+    NUM_CAND_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
+    NUM_SEL: tl.constexpr,
+    NUM_SEL_PAD: tl.constexpr,
+):
+    """The global top n among the ranges' candidates, in [CHUNK, CHUNK] tiles. Candidates
+    sit in block order within equal keys, so position breaks ties like the block index."""
+    base = tl.program_id(0) * NUM_CAND
+    o_s = tl.arange(0, NUM_SEL_PAD)
+    b_sel = tl.full([NUM_SEL_PAD], -1, tl.int32)
+    for first in tl.static_range(0, NUM_CAND_PAD, CHUNK):
+        o_c = first + tl.arange(0, CHUNK)
+        b_key = tl.load(cand_key_ptr + base + o_c, mask=o_c < NUM_CAND, other=float("-inf"))
+        rank = tl.zeros([CHUNK], tl.int32)
+        for other in tl.static_range(0, NUM_CAND_PAD, CHUNK):
+            o_k = other + tl.arange(0, CHUNK)
+            b_other = tl.load(cand_key_ptr + base + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
+            rank += _count_beaten_by(b_key, o_c, b_other, o_k)
+        b_block = tl.load(cand_block_ptr + base + o_c, mask=o_c < NUM_CAND, other=-1)
+        keep = (rank < NUM_SEL) & (b_key > float("-inf"))
+        b_sel = tl.maximum(b_sel, _by_rank(rank, keep, b_block, o_s, -1))
+    tl.store(selected_ptr + tl.program_id(0) * NUM_SEL + o_s, b_sel, mask=o_s < NUM_SEL)
+
+
+@triton.jit
 def _attend_page(
     b_q,  # [G_PAD, D]
     k_pages_ptr,
@@ -213,9 +244,7 @@ def _sparse_attention_kernel(
     block_table_ptr,  # [slots, max_pages]
     slots_ptr,  # [B] int32
     seq_lens_ptr,  # [B] int32
-    cand_block_ptr,  # [B, Hkv, NUM_CAND] int32 from _block_candidates_kernel
-    cand_key_ptr,  # [B, Hkv, NUM_CAND] fp32
-    selected_ptr,  # [B, Hkv, NUM_SEL] int32 out (rank order, -1 pads), written by split 0
+    selected_ptr,  # [B, Hkv, NUM_SEL] int32 from _select_kernel
     part_o_ptr,  # [B, Hq, SPLITS, 2, D] fp32: unnormalised partial outputs (branch 0 slc/merged, 1 win)
     part_ml_ptr,  # [B, Hq, SPLITS, 2, 2] fp32: (max, denominator)
     stride_qb,
@@ -226,9 +255,6 @@ def _sparse_attention_kernel(
     stride_bt,
     scale,
     WINDOW: tl.constexpr,
-    NUM_CAND: tl.constexpr,
-    NUM_CAND_PAD: tl.constexpr,
-    CAND_CHUNK: tl.constexpr,
     NUM_SEL: tl.constexpr,
     NUM_SEL_PAD: tl.constexpr,
     NUM_WIN_BLOCKS: tl.constexpr,
@@ -248,21 +274,8 @@ def _sparse_attention_kernel(
     m_g = o_g < G
     p_q = q_ptr + i_b * stride_qb + (i_h * G + o_g[:, None]) * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_g[:, None], other=0.0)  # [G_PAD, D]
-    # The top n of the candidates: every program of this head finds the same selection.
-    # Candidates sit in block order within equal keys, so position breaks ties like index.
-    o_c = tl.arange(0, NUM_CAND_PAD)
-    p_cand = (i_b * tl.num_programs(1) + i_h) * NUM_CAND
-    b_cand_key = tl.load(cand_key_ptr + p_cand + o_c, mask=o_c < NUM_CAND, other=float("-inf"))
-    b_cand_block = tl.load(cand_block_ptr + p_cand + o_c, mask=o_c < NUM_CAND, other=-1)
-    rank = tl.zeros([NUM_CAND_PAD], tl.int32)
-    for first in tl.static_range(0, NUM_CAND_PAD, CAND_CHUNK):
-        o_k = first + tl.arange(0, CAND_CHUNK)
-        b_k = tl.load(cand_key_ptr + p_cand + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
-        rank += _count_beaten_by(b_cand_key, o_c, b_k, o_k)
     o_s = tl.arange(0, NUM_SEL_PAD)
-    b_sel = _by_rank(rank, (rank < NUM_SEL) & (b_cand_key > float("-inf")), b_cand_block, o_s, -1)
-    if i_split == 0:
-        tl.store(selected_ptr + (i_b * tl.num_programs(1) + i_h) * NUM_SEL + o_s, b_sel, mask=o_s < NUM_SEL)
+    b_sel = tl.load(selected_ptr + (i_b * tl.num_programs(1) + i_h) * NUM_SEL + o_s, mask=o_s < NUM_SEL, other=-1)
 
     b_m0 = tl.full([G_PAD], float("-inf"), tl.float32)  # selected (merged: everything)
     b_l0 = tl.zeros([G_PAD], tl.float32)
@@ -379,7 +392,7 @@ def nsa_decode_paged(
     slots, seq_lens [B] int32 (lengths include the new token, already written);
     k_cmp, v_cmp [slots, C, Hkv, D] (all complete compressed tokens written);
     gates [B, Hq, 3] for `gated`. Returns out [B, Hq, D] and selected [B, Hkv, n]
-    (rank order: forced blocks, then by score; -1 pads). Four launches, no host sync,
+    (rank order: forced blocks, then by score; -1 pads). Five launches, no host sync,
     so a step can be captured in a CUDA graph.
     """
     batch, num_q_heads, head_dim = q.shape
@@ -422,19 +435,24 @@ def nsa_decode_paged(
         G=group, G_PAD=triton.next_power_of_2(group),
     )  # fmt: skip
 
+    selected = torch.empty(batch, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
+    num_candidates = sel_splits * cfg.num_selected
+    _select_kernel[(batch * num_kv_heads,)](
+        cand_block, cand_key, selected,
+        NUM_CAND=num_candidates, NUM_CAND_PAD=triton.next_power_of_2(num_candidates),
+        CHUNK=min(64, triton.next_power_of_2(num_candidates)), NUM_SEL=cfg.num_selected,
+        NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
+    )  # fmt: skip
+
     num_window_blocks = math.ceil((cfg.window - 1) / cfg.sel_block) + 1
     if splits is None:
         splits = max(1, min(cfg.num_selected + num_window_blocks, math.ceil(programs_wanted / (batch * num_kv_heads))))
     part_o = torch.empty(batch, num_q_heads, splits, 2, head_dim, **f32)
     part_ml = torch.empty(batch, num_q_heads, splits, 2, 2, **f32)
-    selected = torch.empty(batch, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
-    num_candidates = sel_splits * cfg.num_selected
     _sparse_attention_kernel[(batch, num_kv_heads, splits)](
-        q, k_pages, v_pages, block_table, slots, seq_lens, cand_block, cand_key, selected, part_o, part_ml,
+        q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2), block_table.stride(0), scale,
-        WINDOW=cfg.window, NUM_CAND=num_candidates, NUM_CAND_PAD=triton.next_power_of_2(num_candidates),
-        CAND_CHUNK=min(64, triton.next_power_of_2(num_candidates)),
-        NUM_SEL=cfg.num_selected, NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
+        WINDOW=cfg.window, NUM_SEL=cfg.num_selected, NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
         NUM_WIN_BLOCKS=num_window_blocks, SPLITS=splits, MERGED=cfg.combine is Combine.MERGED,
         G=group, G_PAD=group_pad, D=head_dim, PAGE=page,
     )  # fmt: skip
