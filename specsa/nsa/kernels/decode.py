@@ -8,7 +8,7 @@ serial over the context, so batch 1 fills the GPU:
    across programs; raw scores are kept for step 2.
 2. `_block_candidates_kernel`, grid (B, Hkv, splits): the refresh step over a range of
    selection blocks: importance P from the merged softmax, block scores, local top n.
-3. `_select_kernel`, grid (B·Hkv): the top n of the candidates, by pairwise ranks.
+3. `_select_kernel`, grid (B·Hkv, chunks): the top n of the candidates by pairwise ranks.
 4. `_sparse_attention_kernel`, grid (B, Hkv, splits): selected blocks and the window in
    one pass, a page (= selection block) at a time; with `merged` a window block that is
    also selected is skipped, so every token counts once.
@@ -178,25 +178,23 @@ def _select_kernel(
     NUM_CAND_PAD: tl.constexpr,
     CHUNK: tl.constexpr,
     NUM_SEL: tl.constexpr,
-    NUM_SEL_PAD: tl.constexpr,
 ):
-    """The global top n among the ranges' candidates, in [CHUNK, CHUNK] tiles. Candidates
-    sit in block order within equal keys, so position breaks ties like the block index."""
+    """The global top n among the ranges' candidates. Program (row, c) ranks candidates
+    c·CHUNK … against all of them; ranks are unique, so a candidate ranked r < n is
+    written to slot r (a -inf one, ranked after every real one, writes a -1 pad).
+    Candidates sit in block order within equal keys: position breaks ties like index."""
     base = tl.program_id(0) * NUM_CAND
-    o_s = tl.arange(0, NUM_SEL_PAD)
-    b_sel = tl.full([NUM_SEL_PAD], -1, tl.int32)
-    for first in tl.static_range(0, NUM_CAND_PAD, CHUNK):
-        o_c = first + tl.arange(0, CHUNK)
-        b_key = tl.load(cand_key_ptr + base + o_c, mask=o_c < NUM_CAND, other=float("-inf"))
-        rank = tl.zeros([CHUNK], tl.int32)
-        for other in tl.static_range(0, NUM_CAND_PAD, CHUNK):
-            o_k = other + tl.arange(0, CHUNK)
-            b_other = tl.load(cand_key_ptr + base + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
-            rank += _count_beaten_by(b_key, o_c, b_other, o_k)
-        b_block = tl.load(cand_block_ptr + base + o_c, mask=o_c < NUM_CAND, other=-1)
-        keep = (rank < NUM_SEL) & (b_key > float("-inf"))
-        b_sel = tl.maximum(b_sel, _by_rank(rank, keep, b_block, o_s, -1))
-    tl.store(selected_ptr + tl.program_id(0) * NUM_SEL + o_s, b_sel, mask=o_s < NUM_SEL)
+    o_c = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    m_c = o_c < NUM_CAND
+    b_key = tl.load(cand_key_ptr + base + o_c, mask=m_c, other=float("-inf"))
+    rank = tl.zeros([CHUNK], tl.int32)
+    for other in tl.static_range(0, NUM_CAND_PAD, CHUNK):
+        o_k = other + tl.arange(0, CHUNK)
+        b_other = tl.load(cand_key_ptr + base + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
+        rank += _count_beaten_by(b_key, o_c, b_other, o_k)
+    b_block = tl.load(cand_block_ptr + base + o_c, mask=m_c, other=-1)
+    b_block = tl.where(b_key > float("-inf"), b_block, -1)
+    tl.store(selected_ptr + tl.program_id(0) * NUM_SEL + rank, b_block, mask=m_c & (rank < NUM_SEL))
 
 
 @triton.jit
@@ -437,11 +435,11 @@ def nsa_decode_paged(
 
     selected = torch.empty(batch, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
     num_candidates = sel_splits * cfg.num_selected
-    _select_kernel[(batch * num_kv_heads,)](
+    rank_chunk = min(64, triton.next_power_of_2(num_candidates))
+    _select_kernel[(batch * num_kv_heads, math.ceil(num_candidates / rank_chunk))](
         cand_block, cand_key, selected,
-        NUM_CAND=num_candidates, NUM_CAND_PAD=triton.next_power_of_2(num_candidates),
-        CHUNK=min(64, triton.next_power_of_2(num_candidates)), NUM_SEL=cfg.num_selected,
-        NUM_SEL_PAD=triton.next_power_of_2(cfg.num_selected),
+        NUM_CAND=num_candidates, NUM_CAND_PAD=triton.next_power_of_2(num_candidates), CHUNK=rank_chunk,
+        NUM_SEL=cfg.num_selected,
     )  # fmt: skip
 
     num_window_blocks = math.ceil((cfg.window - 1) / cfg.sel_block) + 1
