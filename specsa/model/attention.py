@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from specsa.cache import PagedKVCache
 from specsa.config import Combine, ModelConfig, NSAConfig
 from specsa.model.rope import apply_rotary
-from specsa.nsa.attention import nsa_attend
+from specsa.nsa.attention import nsa_attend, nsa_decode_batch
 from specsa.nsa.compression import MLPCompression, mean_compression
 
 
@@ -23,6 +23,10 @@ class StepBatch:
     slots: list[int]
     starts: list[int]
     query_lens: list[int]
+    # Set when every sequence adds one token and the Triton decode path runs:
+    # slots and lengths after this step, [B] int32 on the device.
+    decode_slots: Tensor | None = None
+    decode_lengths: Tensor | None = None
 
     def spans(self):
         """(slot, start, first row, last row + 1) for each sequence."""
@@ -73,6 +77,13 @@ class Attention(nn.Module):
         gates = None
         if hasattr(self, "g_proj"):
             gates = torch.sigmoid(self.g_proj(x)).view(n, self.num_q_heads, 3)
+        if batch.decode_slots is not None and nsa is not None:
+            for slot, start, first, last in batch.spans():
+                cache.write(self.layer, slot, start, k[first:last], v[first:last])
+                cache.update_compressed(self.layer, slot, start, self.compress_k, self.compress_v)
+            out = nsa_decode_batch(q, cache, self.layer, batch.decode_slots, batch.decode_lengths, nsa,
+                                   gates=gates, scale=self.scale)  # fmt: skip
+            return self.o_proj(out.reshape(n, -1))
         out = torch.empty_like(q)
         for slot, start, first, last in batch.spans():
             cache.write(self.layer, slot, start, k[first:last], v[first:last])

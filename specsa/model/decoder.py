@@ -37,12 +37,17 @@ class Backbone(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """`nsa=None` runs dense attention; otherwise NSA with that configuration."""
+    """`nsa=None` runs dense attention; otherwise NSA with that configuration.
+
+    `decode_kernels`: decode steps (one new token per sequence) run the Triton kernels;
+    on by default on CUDA. Prefill and verification run the reference for now.
+    """
 
     def __init__(self, cfg: ModelConfig, nsa: NSAConfig | None):
         super().__init__()
         self.config = cfg
         self.nsa = nsa
+        self.decode_kernels: bool | None = None  # None: on CUDA only
         self.model = Backbone(cfg, nsa)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -82,6 +87,10 @@ class CausalLM(nn.Module):
         """
         starts = [cache.extend(slot, n) for slot, n in zip(slots, query_lens)]
         batch = StepBatch(slots, starts, query_lens)
+        use_kernels = token_ids.is_cuda if self.decode_kernels is None else self.decode_kernels
+        if use_kernels and (draft_nsa or self.nsa) is not None and all(n == 1 for n in query_lens):
+            batch.decode_slots = torch.tensor(slots, dtype=torch.int32, device=token_ids.device)
+            batch.decode_lengths = torch.tensor([s + 1 for s in starts], dtype=torch.int32, device=token_ids.device)
         positions = torch.cat(
             [torch.arange(start, start + n, device=token_ids.device) for start, n in zip(starts, query_lens)]
         )

@@ -1,13 +1,12 @@
-"""The one NSA entry point the model calls, for one sequence at a time.
-
-Today it runs the reference operators; the Triton kernels plug in here, behind the same
-arguments, on CUDA.
-"""
+"""The NSA entry points the model calls: `nsa_attend` (the reference, one sequence at a
+time: prefill chunks, verification, the CPU) and `nsa_decode_batch` (the Triton decode
+kernels over the paged cache, one new token for each sequence of a batch)."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
 from specsa.nsa.reference import NSAOutput, nsa_attention
 
@@ -36,3 +35,25 @@ def nsa_attend(
         scale=scale,
     )
     return NSAOutput(result.out[0], result.selected[0])
+
+
+def nsa_decode_batch(
+    q: Tensor,
+    cache: PagedKVCache,
+    layer: int,
+    slots: Tensor,
+    lengths: Tensor,
+    cfg: NSAConfig,
+    *,
+    gates: Tensor | None,
+    scale: float,
+) -> Tensor:
+    """q [B, Hq, D], one new token per sequence, already written to the cache (raw and
+    compressed); slots, lengths [B] int32 on q's device. Returns [B, Hq, D]."""
+    from specsa.nsa.kernels.decode import nsa_decode_paged  # needs Triton
+
+    out, _ = nsa_decode_paged(
+        q, cache.k_pages[layer], cache.v_pages[layer], cache.block_table, slots, lengths,
+        cache.k_cmp[layer], cache.v_cmp[layer], cfg, gates=gates, scale=scale,
+    )  # fmt: skip
+    return out

@@ -73,3 +73,26 @@ def test_decode_kernel_equals_reference(case, combine, splits):
         ascending = in_rank_order.masked_fill(in_rank_order < 0, 1 << 30).sort(-1).values
         assert torch.equal(ascending.masked_fill(ascending == 1 << 30, -1), ref.selected[0, 0]), f"sequence {b}"
         torch.testing.assert_close(out[b], ref.out[0, 0], atol=2e-5, rtol=2e-5)
+
+
+def test_model_decode_with_kernels_equals_reference(tiny_llama):
+    """The model's decode loop through the Triton path gives the reference's tokens and
+    logits (gated with a learned compression would go the same way; merged here)."""
+    from specsa.generate import generate
+    from specsa.model.loader import load_model
+    from specsa.sampling import SamplingParams
+
+    model = load_model(str(tiny_llama), nsa_overrides=dict(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=3,
+                                                          window=16), device=DEVICE)  # fmt: skip
+    prompts = [torch.randint(2, 128, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (70, 33)]
+    params = SamplingParams(max_new_tokens=6)
+    model.decode_kernels = False
+    reference = [g.token_ids for g in generate(model, prompts, params, frozenset())]
+    cache = model.new_cache(1, 80)
+    model(torch.tensor(prompts[0], device=DEVICE), [0], [70], cache)
+    ref_logits = model.logits(model(torch.tensor([5], device=DEVICE), [0], [1], cache))
+    model.decode_kernels = True
+    assert [g.token_ids for g in generate(model, prompts, params, frozenset())] == reference
+    cache.truncate(0, 70)
+    torch.testing.assert_close(model.logits(model(torch.tensor([5], device=DEVICE), [0], [1], cache)), ref_logits,
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
