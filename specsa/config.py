@@ -14,14 +14,6 @@ class Combine(str, Enum):
     MERGED = "merged"  # training-free adaptation: one softmax over selected ∪ window
 
 
-class Precision(str, Enum):
-    """What a speculative strategy may change relative to autoregressive NSA."""
-
-    EXACT = "exact"  # nothing but float rounding
-    SHARED = "shared"  # C adjacent verifier queries share one block ranking
-    REUSE = "reuse"  # only refresh layers select; later layers reuse their selection
-
-
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)

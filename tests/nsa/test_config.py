@@ -2,7 +2,7 @@
 
 import pytest
 
-from specsa.config import Combine, NSAConfig, Precision, check_heads
+from specsa.config import Combine, NSAConfig, check_heads
 
 FIELDS = ("cmp_block", "cmp_stride", "sel_block", "num_selected", "window")
 
@@ -83,6 +83,3 @@ def test_check_heads_rejects_non_positive(hq, hkv):
     with pytest.raises(ValueError, match=r"Head counts must be positive"):
         check_heads(hq, hkv)
 
-
-def test_precision_values():
-    assert {p.value for p in Precision} == {"exact", "shared", "reuse"}
