@@ -335,7 +335,6 @@ def _merge_parts(p_o, p_ml, splits, ml_stride, o_stride, SPLITS_PAD: tl.constexp
 
 @triton.jit
 def _merge_kernel(
-    q_ptr,  # [B, Hq, D]: only its dtype matters
     part_o_ptr,  # [B, Hq, SPLITS, 2, D]
     part_ml_ptr,  # [B, Hq, SPLITS, 2, 2]
     cmp_part_o_ptr,  # [B, Hq, CMP_SPLITS, D] (gated only)
@@ -457,7 +456,7 @@ def nsa_decode_paged(
 
     out = torch.empty_like(q)
     _merge_kernel[(batch * num_q_heads,)](
-        q, part_o, part_ml, cmp_part_o, cmp_part_ml, part_ml if gates is None else gates.contiguous(), out,
+        part_o, part_ml, cmp_part_o, cmp_part_ml, part_ml if gates is None else gates.contiguous(), out,
         SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), CMP_SPLITS=cmp_splits,
         CMP_SPLITS_PAD=triton.next_power_of_2(cmp_splits), MERGED=cfg.combine is Combine.MERGED, D=head_dim,
     )  # fmt: skip
