@@ -77,21 +77,20 @@ class Attention(nn.Module):
         gates = None
         if hasattr(self, "g_proj"):
             gates = torch.sigmoid(self.g_proj(x)).view(n, self.num_q_heads, 3)
-        if batch.decode_slots is not None and nsa is not None:
-            for slot, start, first, last in batch.spans():
-                cache.write(self.layer, slot, start, k[first:last], v[first:last])
+        for slot, start, first, last in batch.spans():
+            cache.write(self.layer, slot, start, k[first:last], v[first:last])
+            if nsa is not None:
                 cache.update_compressed(self.layer, slot, start, self.compress_k, self.compress_v)
+        if batch.decode_slots is not None:
             out = nsa_decode_batch(q, cache, self.layer, batch.decode_slots, batch.decode_lengths, nsa,
                                    gates=gates, scale=self.scale)  # fmt: skip
             return self.o_proj(out.reshape(n, -1))
         out = torch.empty_like(q)
         for slot, start, first, last in batch.spans():
-            cache.write(self.layer, slot, start, k[first:last], v[first:last])
             keys, values = cache.keys_values(self.layer, slot)
             if nsa is None:
                 out[first:last] = dense_attention(q[first:last], keys, values, self.scale)
                 continue
-            cache.update_compressed(self.layer, slot, start, self.compress_k, self.compress_v)
             k_cmp, v_cmp = cache.compressed(self.layer, slot)
             out[first:last] = nsa_attend(
                 q[first:last],

@@ -87,8 +87,9 @@ class CausalLM(nn.Module):
         """
         starts = [cache.extend(slot, n) for slot, n in zip(slots, query_lens)]
         batch = StepBatch(slots, starts, query_lens)
+        nsa = draft_nsa or self.nsa
         use_kernels = token_ids.is_cuda if self.decode_kernels is None else self.decode_kernels
-        if use_kernels and (draft_nsa or self.nsa) is not None and all(n == 1 for n in query_lens):
+        if use_kernels and nsa is not None and all(n == 1 for n in query_lens):
             batch.decode_slots = torch.tensor(slots, dtype=torch.int32, device=token_ids.device)
             batch.decode_lengths = torch.tensor([s + 1 for s in starts], dtype=torch.int32, device=token_ids.device)
         positions = torch.cat(
@@ -96,7 +97,6 @@ class CausalLM(nn.Module):
         )
         cos, sin = self.rotary(positions)
         x = self.model.embed_tokens(token_ids)
-        nsa = draft_nsa or self.nsa
         for index in range(self.config.num_layers) if layers is None else layers:
             x = self.model.layers[index](x, cos, sin, batch, cache, nsa)
         return self.model.norm(x)

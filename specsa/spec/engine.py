@@ -118,9 +118,10 @@ def generate_speculative(
         t2 = synchronize(device)
 
         still_active = []
+        accepted, next_token = accepted.tolist(), next_token.tolist()  # one device sync, not one per row
         for row, i in enumerate(active):
-            num_accepted = int(accepted[row])
-            committed = proposal.tokens[row][:num_accepted] + [int(next_token[row])]
+            num_accepted = accepted[row]
+            committed = proposal.tokens[row][:num_accepted] + [next_token[row]]
             cache.truncate(slots[i], lengths_before[row] + 1 + num_accepted)
             stats = gens[i].stats
             stats.record(num_drafts[row], num_accepted, len(committed))
