@@ -50,7 +50,7 @@ def nsa_decode_batch(
 ) -> Tensor:
     """q [B, Hq, D], one new token per sequence, already written to the cache (raw and
     compressed); slots, lengths [B] int32 on q's device. Returns [B, Hq, D]."""
-    from specsa.nsa.kernels.decode import nsa_decode_paged  # needs Triton
+    from specsa.nsa.kernels.paged import nsa_paged  # needs Triton
 
     out, _ = nsa_decode_paged(
         q, cache.k_pages[layer], cache.v_pages[layer], cache.block_table, slots, lengths,

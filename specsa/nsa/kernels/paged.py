@@ -1,0 +1,150 @@
+"""`nsa_paged`: NSA for T queries per sequence over the paged cache, in Triton.
+
+Decode (T = 1), speculative verification (T = γ+1) and prefill chunks all run here:
+the refresh kernels (`refresh.py`) select blocks for each query, the grouped sparse
+kernel (`sparse.py`) attends over the union of a query group's blocks, and the merge
+combines. Five launches, no host sync: a step can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from torch import Tensor
+
+from specsa.config import Combine, NSAConfig
+from specsa.nsa.kernels.refresh import _block_candidates_kernel, _cmp_partial_kernel, _select_kernel
+from specsa.nsa.kernels.sparse import _merge_kernel, _sparse_attention_kernel
+
+PROGRAMS_WANTED = 2 * 132  # about two programs per SM on an H100
+MAX_TILE_ROWS = 64  # query rows (queries × group heads) per tile
+
+
+def _pow2(x: int) -> int:
+    return triton.next_power_of_2(x)
+
+
+def _splits_for(programs: int, most: int) -> int:
+    """Split-K factor so that `programs` programs each get about one share of the GPU."""
+    return max(1, min(most, math.ceil(PROGRAMS_WANTED / programs)))
+
+
+def nsa_paged(
+    q: Tensor,
+    k_pages: Tensor,
+    v_pages: Tensor,
+    block_table: Tensor,
+    slots: Tensor,
+    seq_lens: Tensor,
+    k_cmp: Tensor,
+    v_cmp: Tensor,
+    cfg: NSAConfig,
+    *,
+    gates: Tensor | None = None,
+    selected: Tensor | None = None,
+    share_group: int = 1,
+    query_group: int | None = None,
+    scale: float | None = None,
+    splits: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """q [B, T, Hq, D]: query t of sequence b sits at position seq_lens[b] - T + t.
+
+    k_pages, v_pages [pages, l', Hkv, D] (one layer); block_table [slots, max_pages];
+    slots, seq_lens [B] int32 (lengths include the T new tokens, already written);
+    k_cmp, v_cmp [slots, C, Hkv, D] (every complete compressed token written).
+    gates [B, T, Hq, 3] for `gated`. `selected` [B, T, Hkv, n] hands in a selection
+    (`reuse`); `share_group` C > 1 ranks blocks by the scores summed over groups of C
+    adjacent queries (`shared`). `query_group`: queries per sparse-attention program
+    (they load the union of their blocks once); default as many as fit a 64-row tile.
+    Returns out [B, T, Hq, D] and selected [B, T, Hkv, n] (rank order, -1 pads).
+    """
+    batch, num_queries, num_q_heads, head_dim = q.shape
+    num_kv_heads, page = k_pages.shape[2], k_pages.shape[1]
+    if page != cfg.sel_block:
+        raise ValueError(f"The cache's page ({page}) must equal the selection block ({cfg.sel_block}).")
+    merged = cfg.combine is Combine.MERGED
+    if not merged and gates is None:
+        raise ValueError("The gated combination needs gates of shape [B, T, Hq, 3].")
+    if share_group < 1:
+        raise ValueError(f"share_group must be at least 1, got {share_group}.")
+    group = num_q_heads // num_kv_heads
+    group_pad = _pow2(group)
+    scale = head_dim**-0.5 if scale is None else scale
+    num_blocks, capacity = block_table.shape[1], k_cmp.shape[1]
+    rows = batch * num_queries
+    f32 = dict(device=q.device, dtype=torch.float32)
+
+    # Compressed branch: needed for the selection, and for the output when gated.
+    cmp_splits = 1
+    cmp_part_o = cmp_part_ml = None
+    if selected is None or not merged:
+        block_n = 64
+        query_tile = min(_pow2(num_queries), max(1, MAX_TILE_ROWS // group_pad))
+        query_tiles = math.ceil(num_queries / query_tile)
+        cmp_splits = _splits_for(batch * query_tiles * num_kv_heads, math.ceil(capacity / block_n))
+        chunk = math.ceil(capacity / cmp_splits / block_n) * block_n
+        cmp_splits = math.ceil(capacity / chunk)
+        scores = torch.empty(rows, num_q_heads, capacity, **f32)
+        cmp_part_o = torch.empty(rows, num_q_heads, cmp_splits, head_dim, **f32)
+        cmp_part_ml = torch.empty(rows, num_q_heads, cmp_splits, 2, **f32)
+        _cmp_partial_kernel[(batch * query_tiles, num_kv_heads, cmp_splits)](
+            q, k_cmp, v_cmp, slots, seq_lens, scores, cmp_part_o, cmp_part_ml, num_queries,
+            q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), scale,
+            C=capacity, CHUNK=chunk, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride,
+            QUERY_TILE=query_tile, G=group, G_PAD=group_pad, ROWS=max(16, query_tile * group_pad), D=head_dim,
+            BLOCK_N=block_n,
+        )  # fmt: skip
+
+    if selected is None:
+        # 64 blocks a program: [G, 64] score tiles stay in registers.
+        blocks_per_split = 64
+        sel_splits = math.ceil(num_blocks / blocks_per_split)
+        cand_block = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int32)
+        cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, **f32)
+        _block_candidates_kernel[(rows, num_kv_heads, sel_splits)](
+            seq_lens, scores, cmp_part_ml, cand_block, cand_key, num_queries,
+            C=capacity, CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits), CMP_BLOCK=cfg.cmp_block,
+            CMP_STRIDE=cfg.cmp_stride, PAGE=page, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
+            NUM_SEL=cfg.num_selected, NUM_SEL_PAD=_pow2(cfg.num_selected), SHARE_GROUP=min(share_group, num_queries),
+            G=group, G_PAD=group_pad,
+        )  # fmt: skip
+        selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
+        num_candidates = sel_splits * cfg.num_selected
+        rank_chunk = min(64, _pow2(num_candidates))
+        _select_kernel[(rows * num_kv_heads, math.ceil(num_candidates / rank_chunk))](
+            cand_block, cand_key, selected,
+            NUM_CAND=num_candidates, NUM_CAND_PAD=_pow2(num_candidates), CHUNK=rank_chunk, NUM_SEL=cfg.num_selected,
+        )  # fmt: skip
+    elif selected.shape != (batch, num_queries, num_kv_heads, cfg.num_selected):
+        raise ValueError(f"A reused selection must be [B, T, Hkv, n] = "
+                         f"{[batch, num_queries, num_kv_heads, cfg.num_selected]}, got {list(selected.shape)}.")  # fmt: skip
+    else:
+        selected = selected.to(torch.int32).contiguous()
+
+    if query_group is None:
+        query_group = min(num_queries, max(1, MAX_TILE_ROWS // group_pad))
+    query_groups = math.ceil(num_queries / query_group)
+    window_blocks = math.ceil((cfg.window + query_group - 1) / page) + 1
+    if splits is None:
+        splits = _splits_for(batch * query_groups * num_kv_heads, cfg.num_selected * query_group + window_blocks)
+    part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, **f32)
+    part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, **f32)
+    _sparse_attention_kernel[(batch * query_groups, num_kv_heads, splits)](
+        q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml, num_queries,
+        q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
+        block_table.stride(0), scale,
+        WINDOW=cfg.window, NUM_SEL=cfg.num_selected, NUM_SEL_PAD=_pow2(cfg.num_selected), SPLITS=splits, MERGED=merged,
+        QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=group, G_PAD=group_pad,
+        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page,
+    )  # fmt: skip
+
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    _merge_kernel[(rows * num_q_heads,)](
+        part_o, part_ml, cmp_part_o if cmp_part_o is not None else part_o,
+        cmp_part_ml if cmp_part_ml is not None else part_ml, part_ml if gates is None else gates.contiguous(), out,
+        SPLITS=splits, SPLITS_PAD=_pow2(splits), CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits),
+        MERGED=merged, D=head_dim,
+    )  # fmt: skip
+    return out, selected

@@ -1,0 +1,247 @@
+"""The refresh step in Triton: the compressed branch, block importance and top-n selection
+for T queries per sequence (T = 1 decode, γ+1 verification, a prefill chunk).
+
+Query t of sequence b sits at position seq_lens[b] - T + t; a "query row" is b·T + t.
+
+1. `_cmp_partial_kernel`, grid (B·query tiles, Hkv, splits): the compressed branch of a
+   tile of queries × the KV head's G query heads as one [rows, BLOCK_N] tile on the
+   tensor cores (the compressed tokens are loaded once for all of them), split-K over the
+   compressed tokens; each query keeps its own causal limit. Raw scores are kept.
+2. `_block_candidates_kernel`, grid (B·T, Hkv, ranges): importance P from the merged
+   softmax, block scores (summed over a `shared` group's queries when asked), the range's
+   top n by pairwise ranks.
+3. `_select_kernel`, grid (B·T·Hkv, chunks): the global top n among the candidates.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
+    """One online-softmax update with scores b_s [R, N] (-inf where masked) and values
+    b_v [N, D]; rows that have seen nothing yet stay at (m=-inf, l=0, acc=0)."""
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+    b_alpha = tl.exp(b_m - b_m_safe)
+    b_p = tl.exp(b_s - b_m_safe[:, None])
+    b_l = b_l * b_alpha + tl.sum(b_p, 1)
+    b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+    return b_m_new, b_l, b_acc
+
+
+@triton.jit
+def _num_cmp_tokens(length, CMP_BLOCK: tl.constexpr, CMP_STRIDE: tl.constexpr):
+    """Complete compressed tokens among `length` raw ones: (len - l) // d + 1, or 0."""
+    return tl.maximum(length + CMP_STRIDE - CMP_BLOCK, 0) // CMP_STRIDE
+
+
+@triton.jit
+def _cmp_partial_kernel(
+    q_ptr,  # [B, T, Hq, D]
+    k_cmp_ptr,  # [slots, C, Hkv, D]
+    v_cmp_ptr,
+    slots_ptr,  # [B] int32
+    seq_lens_ptr,  # [B] int32, including the T new tokens
+    scores_ptr,  # [B·T, Hq, C] fp32: raw scores q·k̃ / √D, kept for the importance
+    part_o_ptr,  # [B·T, Hq, CMP_SPLITS, D] fp32: unnormalised partial outputs
+    part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2] fp32: (max, denominator)
+    num_queries,  # T
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_cs,
+    stride_cc,
+    stride_ch,
+    scale,
+    C: tl.constexpr,
+    CHUNK: tl.constexpr,  # compressed tokens per split, a multiple of BLOCK_N
+    CMP_SPLITS: tl.constexpr,
+    CMP_BLOCK: tl.constexpr,
+    CMP_STRIDE: tl.constexpr,
+    QUERY_TILE: tl.constexpr,  # queries per program
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,  # rows per query: G padded to a power of two
+    ROWS: tl.constexpr,  # max(16, QUERY_TILE·G_PAD): the tile's rows
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    num_tiles = tl.cdiv(num_queries, QUERY_TILE)
+    i_b, i_tile = tl.program_id(0) // num_tiles, tl.program_id(0) % num_tiles
+    i_h, i_split = tl.program_id(1), tl.program_id(2)
+    num_kv_heads = tl.num_programs(1)
+    slot = tl.load(slots_ptr + i_b)
+    length = tl.load(seq_lens_ptr + i_b)
+
+    o_r = tl.arange(0, ROWS)
+    o_d = tl.arange(0, D)
+    query = i_tile * QUERY_TILE + o_r // G_PAD  # [ROWS] query index t of each row
+    head = i_h * G + o_r % G_PAD  # [ROWS] query head
+    m_r = (o_r // G_PAD < QUERY_TILE) & (query < num_queries) & (o_r % G_PAD < G)
+    n_cmp = tl.where(m_r, _num_cmp_tokens(length - num_queries + query + 1, CMP_BLOCK, CMP_STRIDE), 0)  # [ROWS]
+    rows = (i_b * num_queries + query) * (num_kv_heads * G) + head  # [ROWS] rows of [B·T, Hq]
+    p_q = q_ptr + i_b * stride_qb + query[:, None] * stride_qt + head[:, None] * stride_qh + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [ROWS, D]
+    base = slot * stride_cs + i_h * stride_ch
+
+    b_m = tl.full([ROWS], float("-inf"), tl.float32)
+    b_l = tl.zeros([ROWS], tl.float32)
+    b_acc = tl.zeros([ROWS, D], tl.float32)
+    for start in range(i_split * CHUNK, tl.minimum((i_split + 1) * CHUNK, tl.max(n_cmp, 0)), BLOCK_N):
+        o_n = start + tl.arange(0, BLOCK_N)
+        p_kv = base + o_n[:, None] * stride_cc + o_d[None, :]
+        m_n = o_n < C
+        b_k = tl.load(k_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)  # [BLOCK_N, D]
+        b_v = tl.load(v_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)
+        visible = o_n[None, :] < n_cmp[:, None]  # [ROWS, BLOCK_N]
+        b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
+        tl.store(scores_ptr + rows[:, None] * C + o_n[None, :], b_s, mask=visible)
+        b_m, b_l, b_acc = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
+    part = rows * CMP_SPLITS + i_split  # [ROWS]
+    tl.store(part_o_ptr + part[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
+    tl.store(part_ml_ptr + part * 2, b_m, mask=m_r)
+    tl.store(part_ml_ptr + part * 2 + 1, b_l, mask=m_r)
+
+
+@triton.jit
+def _count_beaten_by(b_key, o_pos, b_other, o_other):
+    """For each key, how many of the others beat it: a larger key, or an equal key at a
+    lower position (ties go to the lower index). b_key [M], b_other [K] -> [M] int32."""
+    larger = b_other[None, :] > b_key[:, None]
+    tie_won = (b_other[None, :] == b_key[:, None]) & (o_other[None, :] < o_pos[:, None])
+    return tl.sum((larger | tie_won).to(tl.int32), 1)
+
+
+@triton.jit
+def _by_rank(rank, keep, b_value, o_slot, empty):
+    """[len(o_slot)]: slot r gets the kept value of rank r, or `empty` (values exceed it)."""
+    match = (rank[None, :] == o_slot[:, None]) & keep[None, :]
+    return tl.max(tl.where(match, b_value[None, :], empty), 1)
+
+
+@triton.jit
+def _query_block_scores(
+    scores_ptr,
+    cmp_part_ml_ptr,
+    row0,  # the query's first row of [B·T, Hq] for this KV head
+    position,
+    o_j,  # [BLOCKS_PER_SPLIT] block indices
+    C: tl.constexpr,
+    CMP_SPLITS: tl.constexpr,
+    CMP_SPLITS_PAD: tl.constexpr,
+    CMP_BLOCK: tl.constexpr,
+    CMP_STRIDE: tl.constexpr,
+    PAGE: tl.constexpr,
+    NUM_BLOCKS: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr,
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+):
+    """Σ_i w(i, j)·P[i] for the blocks o_j: the group's importance P from the softmax over
+    the query's compressed tokens, its max and denominator merged from step 1's splits."""
+    n_cmp = _num_cmp_tokens(position + 1, CMP_BLOCK, CMP_STRIDE)
+    o_g = tl.arange(0, G_PAD)
+    m_g = o_g < G
+    rows = row0 + o_g  # [G_PAD]
+    o_cs = tl.arange(0, CMP_SPLITS_PAD)
+    m_part = m_g[:, None] & (o_cs < CMP_SPLITS)[None, :]
+    p_part = cmp_part_ml_ptr + (rows[:, None] * CMP_SPLITS + o_cs[None, :]) * 2
+    b_m_parts = tl.load(p_part, mask=m_part, other=float("-inf"))  # [G_PAD, CMP_SPLITS_PAD]
+    b_m = tl.max(b_m_parts, 1)
+    b_w = tl.where(b_m_parts > float("-inf"), tl.exp(b_m_parts - b_m[:, None]), 0.0)
+    b_l = tl.sum(b_w * tl.load(p_part + 1, mask=m_part, other=0.0), 1)
+
+    # Block j is stride-d sub-blocks j·l'/d …; token i covers sub-blocks i … i + l/d - 1.
+    b_score = tl.zeros([BLOCKS_PER_SPLIT], tl.float32)
+    for shift in tl.static_range(CMP_BLOCK // CMP_STRIDE):
+        for sub in tl.static_range(PAGE // CMP_STRIDE):
+            token = o_j * (PAGE // CMP_STRIDE) + sub - shift
+            valid = m_g[:, None] & ((token >= 0) & (token < n_cmp) & (o_j < NUM_BLOCKS))[None, :]
+            b_s = tl.load(scores_ptr + rows[:, None] * C + token[None, :], mask=valid, other=0.0)  # [G_PAD, BPS]
+            b_p = tl.where(valid, tl.exp(b_s - b_m[:, None]) / b_l[:, None], 0.0)
+            b_score += tl.sum(b_p, 0)
+    return b_score
+
+
+@triton.jit
+def _block_candidates_kernel(
+    seq_lens_ptr,  # [B] int32
+    scores_ptr,  # [B·T, Hq, C] fp32 from _cmp_partial_kernel
+    cmp_part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2]
+    cand_block_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] int32: local top-n blocks, -1 pads
+    cand_key_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] fp32: their ranking keys
+    num_queries,  # T
+    C: tl.constexpr,
+    CMP_SPLITS: tl.constexpr,
+    CMP_SPLITS_PAD: tl.constexpr,
+    CMP_BLOCK: tl.constexpr,
+    CMP_STRIDE: tl.constexpr,
+    PAGE: tl.constexpr,
+    NUM_BLOCKS: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr,
+    NUM_SEL: tl.constexpr,
+    NUM_SEL_PAD: tl.constexpr,
+    SHARE_GROUP: tl.constexpr,  # `shared`: rank by the scores summed over this many adjacent queries
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+):
+    """The refresh step of one query for one range of selection blocks: block scores and
+    the range's own top n. The global top n is among these candidates."""
+    i_row, i_h, i_split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    num_kv_heads = tl.num_programs(1)
+    i_b, i_t = i_row // num_queries, i_row % num_queries
+    first_position = tl.load(seq_lens_ptr + i_b) - num_queries  # position of query 0
+    t = first_position + i_t
+    o_j = i_split * BLOCKS_PER_SPLIT + tl.arange(0, BLOCKS_PER_SPLIT)
+
+    b_score = tl.zeros([BLOCKS_PER_SPLIT], tl.float32)
+    group_start = i_t // SHARE_GROUP * SHARE_GROUP
+    for member in tl.static_range(SHARE_GROUP):
+        other = group_start + member  # SHARE_GROUP = 1: the query itself
+        if other < num_queries:
+            b_score += _query_block_scores(
+                scores_ptr, cmp_part_ml_ptr, ((i_b * num_queries + other) * num_kv_heads + i_h) * G,
+                first_position + other, o_j,
+                C, CMP_SPLITS, CMP_SPLITS_PAD, CMP_BLOCK, CMP_STRIDE, PAGE, NUM_BLOCKS, BLOCKS_PER_SPLIT, G, G_PAD,
+            )  # fmt: skip
+
+    current = t // PAGE
+    forced = (o_j == 0) | (o_j == current) | (o_j == current - 1)
+    b_key = tl.where(forced, float("inf"), b_score)
+    b_key = tl.where((o_j * PAGE <= t) & (o_j < NUM_BLOCKS), b_key, float("-inf"))
+    rank = _count_beaten_by(b_key, o_j, b_key, o_j)  # [BPS], all in registers
+    keep = (rank < NUM_SEL) & (b_key > float("-inf"))
+    o_slot = tl.arange(0, NUM_SEL_PAD)
+    out = ((i_row * num_kv_heads + i_h) * tl.num_programs(2) + i_split) * NUM_SEL + o_slot
+    tl.store(cand_block_ptr + out, _by_rank(rank, keep, o_j, o_slot, -1), mask=o_slot < NUM_SEL)
+    tl.store(cand_key_ptr + out, _by_rank(rank, keep, b_key, o_slot, float("-inf")), mask=o_slot < NUM_SEL)
+
+
+@triton.jit
+def _select_kernel(
+    cand_block_ptr,  # [B·T·Hkv, NUM_CAND] int32 from _block_candidates_kernel
+    cand_key_ptr,  # [B·T·Hkv, NUM_CAND] fp32
+    selected_ptr,  # [B·T·Hkv, NUM_SEL] int32: rank order, -1 pads
+    NUM_CAND: tl.constexpr,
+    NUM_CAND_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
+    NUM_SEL: tl.constexpr,
+):
+    """The global top n among the ranges' candidates. Program (row, c) ranks candidates
+    c·CHUNK … against all of them; ranks are unique, so a candidate ranked r < n is
+    written to slot r (a -inf one, ranked after every real one, writes a -1 pad).
+    Candidates sit in block order within equal keys: position breaks ties like index."""
+    base = tl.program_id(0) * NUM_CAND
+    o_c = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    m_c = o_c < NUM_CAND
+    b_key = tl.load(cand_key_ptr + base + o_c, mask=m_c, other=float("-inf"))
+    rank = tl.zeros([CHUNK], tl.int32)
+    for other in tl.static_range(0, NUM_CAND_PAD, CHUNK):
+        o_k = other + tl.arange(0, CHUNK)
+        b_other = tl.load(cand_key_ptr + base + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
+        rank += _count_beaten_by(b_key, o_c, b_other, o_k)
+    b_block = tl.load(cand_block_ptr + base + o_c, mask=m_c, other=-1)
+    b_block = tl.where(b_key > float("-inf"), b_block, -1)
+    tl.store(selected_ptr + tl.program_id(0) * NUM_SEL + rank, b_block, mask=m_c & (rank < NUM_SEL))

@@ -1,0 +1,186 @@
+"""Selected + window attention in Triton for T queries per sequence, grouped.
+
+`_sparse_attention_kernel`, grid (B·query groups, Hkv, splits): a program serves a group of
+QUERY_GROUP adjacent queries × the KV head's G query heads as one [rows, D] tile. It walks
+the union of what those queries need — every block any of them selected, then the window
+blocks none of them selected — so each distinct KV page is loaded once and masked per
+query: a row counts a token if it is causal and (merged) the row's query selected its
+block or it lies in the row's window; (gated) the selected and window branches keep two
+softmax states fed by the same loaded tile. The union is split across programs (split-K);
+`_merge_kernel` merges the splits by log-sum-exp and combines the branches.
+
+QUERY_GROUP = 1 is the query-centric kernel (each query loads its own blocks); decode is
+T = 1. The overlap between the group's selections decides how much loading is saved.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from specsa.nsa.kernels.refresh import _online_softmax_step
+
+
+@triton.jit
+def _sparse_attention_kernel(
+    q_ptr,  # [B, T, Hq, D]
+    k_pages_ptr,  # [pages, PAGE, Hkv, D]
+    v_pages_ptr,
+    block_table_ptr,  # [slots, max_pages]
+    slots_ptr,  # [B] int32
+    seq_lens_ptr,  # [B] int32, including the T new tokens
+    selected_ptr,  # [B·T, Hkv, NUM_SEL] int32, any order, -1 pads
+    part_o_ptr,  # [B·T, Hq, SPLITS, 2, D] fp32: unnormalised partial outputs (branch 0 slc/merged, 1 win)
+    part_ml_ptr,  # [B·T, Hq, SPLITS, 2, 2] fp32: (max, denominator)
+    num_queries,  # T
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_pp,
+    stride_pt,
+    stride_ph,
+    stride_bt,
+    scale,
+    WINDOW: tl.constexpr,
+    NUM_SEL: tl.constexpr,
+    NUM_SEL_PAD: tl.constexpr,
+    SPLITS: tl.constexpr,
+    MERGED: tl.constexpr,
+    QUERY_GROUP: tl.constexpr,
+    QUERY_GROUP_PAD: tl.constexpr,
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+    ROWS: tl.constexpr,  # max(16, QUERY_GROUP_PAD·G_PAD)
+    D: tl.constexpr,
+    PAGE: tl.constexpr,
+):
+    num_groups = tl.cdiv(num_queries, QUERY_GROUP)
+    i_b, i_group = tl.program_id(0) // num_groups, tl.program_id(0) % num_groups
+    i_h, i_split = tl.program_id(1), tl.program_id(2)
+    num_kv_heads = tl.num_programs(1)
+    slot = tl.load(slots_ptr + i_b)
+    first_query = i_group * QUERY_GROUP
+    position0 = tl.load(seq_lens_ptr + i_b) - num_queries  # position of query 0
+    last_query = tl.minimum(first_query + QUERY_GROUP, num_queries) - 1
+
+    # The tile: row r is query first_query + r // G_PAD, head i_h·G + r % G_PAD.
+    o_r = tl.arange(0, ROWS)
+    o_d = tl.arange(0, D)
+    query = first_query + o_r // G_PAD  # [ROWS]
+    head = i_h * G + o_r % G_PAD
+    m_r = (o_r // G_PAD < QUERY_GROUP) & (query <= last_query) & (o_r % G_PAD < G)
+    position = position0 + query  # [ROWS]
+    p_q = q_ptr + i_b * stride_qb + query[:, None] * stride_qt + head[:, None] * stride_qh + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [ROWS, D]
+    o_s = tl.arange(0, NUM_SEL_PAD)
+    p_row_sel = selected_ptr + ((i_b * num_queries + query[:, None]) * num_kv_heads + i_h) * NUM_SEL + o_s[None, :]
+    b_row_sel = tl.load(p_row_sel, mask=m_r[:, None] & (o_s < NUM_SEL)[None, :], other=-1)  # [ROWS, NUM_SEL_PAD]
+
+    # The union of the group's selections, as a list of first occurrences: entry
+    # (query u, slot s) is kept unless an earlier query of the group chose the same block.
+    o_u = tl.arange(0, QUERY_GROUP_PAD * NUM_SEL_PAD)
+    u_query = first_query + o_u // NUM_SEL_PAD
+    m_u = (o_u // NUM_SEL_PAD < QUERY_GROUP) & (u_query <= last_query) & (o_u % NUM_SEL_PAD < NUM_SEL)
+    p_u = selected_ptr + ((i_b * num_queries + u_query) * num_kv_heads + i_h) * NUM_SEL + o_u % NUM_SEL_PAD
+    b_union = tl.load(p_u, mask=m_u, other=-1)  # [U]
+    seen = b_union < 0
+    for earlier in tl.static_range(QUERY_GROUP - 1):
+        p_e = selected_ptr + ((i_b * num_queries + first_query + earlier) * num_kv_heads + i_h) * NUM_SEL + o_s
+        b_earlier = tl.load(p_e, mask=(o_s < NUM_SEL) & (first_query + earlier <= last_query), other=-1)
+        chosen = tl.sum((b_union[:, None] == b_earlier[None, :]).to(tl.int32), 1) > 0
+        seen |= chosen & (o_u // NUM_SEL_PAD > earlier)
+    kept = ~seen
+    order = tl.cumsum(kept.to(tl.int32), 0) - 1  # [U] index among the kept entries
+    num_union = tl.sum(kept.to(tl.int32), 0)
+    first_window_block = tl.maximum(position0 + first_query - WINDOW + 1, 0) // PAGE
+    num_window_blocks = (position0 + last_query) // PAGE - first_window_block + 1
+
+    b_m0 = tl.full([ROWS], float("-inf"), tl.float32)  # selected (merged: everything)
+    b_l0 = tl.zeros([ROWS], tl.float32)
+    b_acc0 = tl.zeros([ROWS, D], tl.float32)
+    b_m1 = tl.full([ROWS], float("-inf"), tl.float32)  # window, gated only
+    b_l1 = tl.zeros([ROWS], tl.float32)
+    b_acc1 = tl.zeros([ROWS, D], tl.float32)
+    o_t = tl.arange(0, PAGE)
+    for item in range(i_split, num_union + num_window_blocks, SPLITS):
+        # Union entries first, then the window blocks no query of the group selected.
+        in_union = item < num_union
+        union_block = tl.sum(tl.where(kept & (order == item), b_union, 0))
+        block = tl.where(in_union, union_block, first_window_block + item - num_union)
+        if in_union | (tl.sum((b_union == block).to(tl.int32)) == 0):
+            page = tl.load(block_table_ptr + slot * stride_bt + block)
+            p_kv = page * stride_pp + o_t[:, None] * stride_pt + i_h * stride_ph + o_d[None, :]
+            b_k = tl.load(k_pages_ptr + p_kv)  # [PAGE, D]
+            b_v = tl.load(v_pages_ptr + p_kv)
+            b_s = tl.dot(b_q, tl.trans(b_k)) * scale  # [ROWS, PAGE]
+            token = block * PAGE + o_t  # [PAGE] positions
+            causal = token[None, :] <= position[:, None]  # [ROWS, PAGE]
+            in_window = token[None, :] > position[:, None] - WINDOW
+            row_selected = (tl.sum((b_row_sel == block).to(tl.int32), 1) > 0)[:, None]  # [ROWS, 1]
+            if MERGED:
+                b_s0 = tl.where(causal & (row_selected | in_window), b_s, float("-inf"))
+                b_m0, b_l0, b_acc0 = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
+            else:
+                b_s0 = tl.where(causal & row_selected, b_s, float("-inf"))
+                b_m0, b_l0, b_acc0 = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
+                b_s1 = tl.where(causal & in_window, b_s, float("-inf"))
+                b_m1, b_l1, b_acc1 = _online_softmax_step(b_s1, b_m1, b_l1, b_acc1, b_v)
+
+    row = ((i_b * num_queries + query) * (num_kv_heads * G) + head) * SPLITS + i_split  # [ROWS] of [B·T, Hq, SPLITS]
+    p_o = part_o_ptr + (row[:, None] * 2) * D + o_d[None, :]
+    tl.store(p_o, b_acc0, mask=m_r[:, None])
+    tl.store(p_o + D, b_acc1, mask=m_r[:, None])
+    p_ml = part_ml_ptr + row * 4
+    tl.store(p_ml, b_m0, mask=m_r)
+    tl.store(p_ml + 1, b_l0, mask=m_r)
+    tl.store(p_ml + 2, b_m1, mask=m_r)
+    tl.store(p_ml + 3, b_l1, mask=m_r)
+
+
+@triton.jit
+def _merge_parts(p_o, p_ml, splits, ml_stride, o_stride, SPLITS_PAD: tl.constexpr, D: tl.constexpr):
+    """Log-sum-exp merge of `splits` partials: split i has (max, denominator) at
+    p_ml + i·ml_stride (+1) and its unnormalised output at p_o + i·o_stride."""
+    o_s = tl.arange(0, SPLITS_PAD)
+    m_s = o_s < splits
+    b_m = tl.load(p_ml + o_s * ml_stride, mask=m_s, other=float("-inf"))  # [SPLITS_PAD]
+    m = tl.max(b_m, 0)
+    b_w = tl.where(b_m > float("-inf"), tl.exp(b_m - m), 0.0)
+    l = tl.sum(b_w * tl.load(p_ml + o_s * ml_stride + 1, mask=m_s, other=0.0), 0)
+    b_o = tl.load(p_o + o_s[:, None] * o_stride + tl.arange(0, D)[None, :], mask=m_s[:, None], other=0.0)
+    return tl.where(l > 0, tl.sum(b_w[:, None] * b_o, 0) / l, 0.0)
+
+
+@triton.jit
+def _merge_kernel(
+    part_o_ptr,  # [B·T, Hq, SPLITS, 2, D]
+    part_ml_ptr,  # [B·T, Hq, SPLITS, 2, 2]
+    cmp_part_o_ptr,  # [B·T, Hq, CMP_SPLITS, D] (gated only)
+    cmp_part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2]
+    gates_ptr,  # [B·T, Hq, 3] (gated only)
+    out_ptr,  # [B·T, Hq, D]
+    SPLITS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+    CMP_SPLITS: tl.constexpr,
+    CMP_SPLITS_PAD: tl.constexpr,
+    MERGED: tl.constexpr,
+    D: tl.constexpr,
+):
+    """The split-K partials merged, then the branches combined."""
+    row = tl.program_id(0)  # over B·T·Hq
+    o_d = tl.arange(0, D)
+    # Partials are [SPLITS, branch, D] outputs and [SPLITS, branch, (max, denominator)].
+    b_out = _merge_parts(part_o_ptr + row * SPLITS * 2 * D, part_ml_ptr + row * SPLITS * 4, SPLITS, 4, 2 * D, SPLITS_PAD, D)
+    if not MERGED:
+        g_cmp = tl.load(gates_ptr + row * 3).to(tl.float32)
+        g_slc = tl.load(gates_ptr + row * 3 + 1).to(tl.float32)
+        g_win = tl.load(gates_ptr + row * 3 + 2).to(tl.float32)
+        b_win = _merge_parts(
+            part_o_ptr + row * SPLITS * 2 * D + D, part_ml_ptr + row * SPLITS * 4 + 2, SPLITS, 4, 2 * D, SPLITS_PAD, D
+        )
+        b_cmp = _merge_parts(
+            cmp_part_o_ptr + row * CMP_SPLITS * D, cmp_part_ml_ptr + row * CMP_SPLITS * 2, CMP_SPLITS, 2, D,
+            CMP_SPLITS_PAD, D,
+        )  # fmt: skip
+        b_out = g_cmp * b_cmp + g_slc * b_out + g_win * b_win
+    tl.store(out_ptr + row * D + o_d, b_out.to(out_ptr.dtype.element_ty))

@@ -1,0 +1,152 @@
+"""The Triton NSA path equals the reference for decode, verification, `shared` and
+`reuse`: small shapes in the interpreter on the CPU, the same tests on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specsa.cache import PagedKVCache
+from specsa.config import NSAConfig
+from specsa.nsa.compression import mean_compression
+from specsa.nsa.kernels.paged import nsa_paged
+from specsa.nsa.reference import nsa_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def filled_cache(cfg: NSAConfig, lengths: list[int], heads: int, dim: int, seed: int, tied: bool = False) -> PagedKVCache:
+    """A cache holding random keys/values for sequences of the given lengths, written in
+    uneven pieces and interleaved, so pages are scattered. `tied`: every key is the same,
+    so block scores tie and the lower index must win."""
+    gen = torch.Generator().manual_seed(seed)
+    cache = PagedKVCache(num_layers=1, num_kv_heads=heads, head_dim=dim, max_seqs=len(lengths),
+                         max_len=max(lengths) + 5, page_size=cfg.sel_block, nsa=cfg, dtype=torch.float32, device=DEVICE)  # fmt: skip
+    slots = [cache.allocate() for _ in lengths]
+    written = [0] * len(lengths)
+    while written != lengths:
+        for i, slot in enumerate(slots):
+            n = min(int(torch.randint(1, 40, (1,), generator=gen)), lengths[i] - written[i])
+            if n:
+                kv = torch.randn(2, n, heads, dim, generator=gen).to(DEVICE)
+                if tied:
+                    kv[0] = 0.5
+                start = cache.extend(slot, n)
+                cache.write(0, slot, start, kv[0], kv[1])
+                cache.update_compressed(0, slot, start, mean_compression, mean_compression)
+                written[i] += n
+    return cache
+
+
+CASES = {  # name: (config, lengths, Hq, Hkv, D)
+    "mixed-lengths": (dict(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=3, window=24), [150, 9, 33, 97], 8, 2, 16),
+    "shorter-than-l": (dict(cmp_block=16, cmp_stride=8, sel_block=16, num_selected=4, window=40), [9, 15, 16, 17], 4, 4, 32),
+    "group-1-long": (dict(cmp_block=16, cmp_stride=16, sel_block=32, num_selected=5, window=16), [300], 2, 2, 16),
+    "window-past-selection": (dict(cmp_block=8, cmp_stride=8, sel_block=16, num_selected=3, window=70), [211, 64], 6, 3, 16),
+    # more than 64 blocks: the selection is assembled from several programs' candidates
+    "many-blocks": (dict(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=6, window=24), [1500, 40], 2, 1, 16),
+}
+
+
+def run_both(case: str, combine: str, num_queries: int, seed: int, **kernel_args):
+    """The kernel and the reference on the same cache: T queries at the end of each sequence."""
+    fields, lengths, hq, hkv, dim = CASES[case.removesuffix("-tied")]
+    cfg = NSAConfig(**fields, combine=combine)
+    cache = filled_cache(cfg, lengths, hkv, dim, seed=seed, tied=case.endswith("-tied"))
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(len(lengths), num_queries, hq, dim, generator=gen).to(DEVICE)
+    gates = torch.rand(len(lengths), num_queries, hq, 3, generator=gen).to(DEVICE)
+    slots = torch.arange(len(lengths), dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    share_group = kernel_args.get("share_group", 1)
+    reused = kernel_args.pop("reuse", None)
+    if reused is not None:  # an arbitrary valid selection: each query's own of another head
+        kernel_args["selected"] = reused_selection(cfg, lengths, num_queries, hkv, seed)
+    out, selected = nsa_paged(
+        q, cache.k_pages[0], cache.v_pages[0], cache.block_table, slots, seq_lens, cache.k_cmp[0], cache.v_cmp[0],
+        cfg, gates=gates, **kernel_args,
+    )  # fmt: skip
+    for b in range(len(lengths)):
+        k, v = cache.keys_values(0, b)
+        k_cmp, v_cmp = cache.compressed(0, b)
+        given = kernel_args.get("selected")
+        ref = nsa_attention(q[b, None], k[None], v[None], cfg, gates=gates[b, None], k_cmp=k_cmp[None],
+                            v_cmp=v_cmp[None], share_group=share_group,
+                            selected=None if given is None else given[b, None].long())  # fmt: skip
+        assert torch.equal(ascending(selected[b]), ascending(ref.selected[0])), f"sequence {b}"
+        torch.testing.assert_close(out[b], ref.out[0], atol=2e-5, rtol=2e-5)
+
+
+def ascending(selected: torch.Tensor) -> torch.Tensor:
+    """Block indices in ascending order, -1 pads last (the reference's order)."""
+    padded = selected.long().masked_fill(selected < 0, 1 << 30).sort(-1).values
+    return padded.masked_fill(padded == 1 << 30, -1)
+
+
+def reused_selection(cfg: NSAConfig, lengths: list[int], num_queries: int, heads: int, seed: int) -> torch.Tensor:
+    """A selection for `reuse`: n random causal blocks per query and head, padded with -1."""
+    gen = torch.Generator().manual_seed(seed)
+    selected = torch.full((len(lengths), num_queries, heads, cfg.num_selected), -1, dtype=torch.int32)
+    for b, length in enumerate(lengths):
+        for t in range(num_queries):
+            causal = (length - num_queries + t) // cfg.sel_block + 1
+            for h in range(heads):
+                count = min(causal, cfg.num_selected - int(torch.randint(0, 2, (1,), generator=gen)))
+                selected[b, t, h, :count] = torch.randperm(causal, generator=gen)[:count].int()
+    return selected.to(DEVICE)
+
+
+@pytest.mark.parametrize("combine", ["merged", "gated"])
+@pytest.mark.parametrize("case", [*CASES, "many-blocks-tied"])
+def test_decode_equals_reference(case, combine):
+    run_both(case, combine, 1, seed=len(case), splits=3)
+
+
+@pytest.mark.parametrize("combine", ["merged", "gated"])
+def test_decode_without_split_equals_reference(combine):
+    run_both("many-blocks", combine, 1, seed=1, splits=1)
+
+
+@pytest.mark.parametrize("combine", ["merged", "gated"])
+@pytest.mark.parametrize(
+    "case, num_queries, query_group",
+    [("mixed-lengths", 4, None), ("shorter-than-l", 4, 3), ("window-past-selection", 8, 1), ("many-blocks", 5, 8)],
+)
+def test_verification_equals_reference(case, combine, num_queries, query_group):
+    """T queries per sequence, each with its own selection and causal limits, grouped so
+    that programs load the union of their queries' blocks; query groups of 1 (query-centric)
+    and sizes that do not divide T give the same result."""
+    run_both(case, combine, num_queries, seed=num_queries + len(case), query_group=query_group, splits=2)
+
+
+@pytest.mark.parametrize("combine, share_group", [("merged", 2), ("gated", 3)])
+def test_shared_selection_equals_reference(combine, share_group):
+    run_both("window-past-selection", combine, 7, seed=share_group, share_group=share_group, splits=2)
+
+
+@pytest.mark.parametrize("combine", ["merged", "gated"])
+def test_reused_selection_equals_reference(combine):
+    run_both("window-past-selection", combine, 5, seed=3, reuse=True, splits=2)
+
+
+def test_model_decode_with_kernels_equals_reference(tiny_llama):
+    """The model's decode loop through the Triton path gives the reference's tokens and
+    logits (gated with a learned compression would go the same way; merged here)."""
+    from specsa.generate import generate
+    from specsa.model.loader import load_model
+    from specsa.sampling import SamplingParams
+
+    model = load_model(str(tiny_llama), nsa_overrides=dict(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=3,
+                                                          window=16), device=DEVICE)  # fmt: skip
+    prompts = [torch.randint(2, 128, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (70, 33)]
+    params = SamplingParams(max_new_tokens=6)
+    model.decode_kernels = False
+    reference = [g.token_ids for g in generate(model, prompts, params, frozenset())]
+    cache = model.new_cache(1, 80)
+    model(torch.tensor(prompts[0], device=DEVICE), [0], [70], cache)
+    ref_logits = model.logits(model(torch.tensor([5], device=DEVICE), [0], [1], cache))
+    model.decode_kernels = True
+    assert [g.token_ids for g in generate(model, prompts, params, frozenset())] == reference
+    cache.truncate(0, 70)
+    torch.testing.assert_close(model.logits(model(torch.tensor([5], device=DEVICE), [0], [1], cache)), ref_logits,
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
