@@ -22,7 +22,7 @@ import triton
 
 from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
-from specsa.nsa.kernels.decode import nsa_decode_paged
+from specsa.nsa.kernels.paged import nsa_paged
 from specsa.nsa.reference import nsa_attention
 
 SHAPES = [(32, 8, 64), (32, 8, 128), (64, 4, 128)]  # (Hq, Hkv, D)
@@ -78,17 +78,18 @@ def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
     cache.v_pages.normal_()
     cache.k_cmp.normal_()
     cache.v_cmp.normal_()
-    q = torch.randn(batch, hq, dim, device=device, dtype=torch.bfloat16)
+    q = torch.randn(batch, 1, hq, dim, device=device, dtype=torch.bfloat16)
     slots = torch.arange(batch, dtype=torch.int32, device=device)
     seq_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
     args = (q, cache.k_pages[0], cache.v_pages[0], cache.block_table, slots, seq_lens, cache.k_cmp[0], cache.v_cmp[0], cfg)
-    out, selected = nsa_decode_paged(*args)
+    out, selected = nsa_paged(*args)
+    out, selected = out[:, 0], selected[:, 0]
     row = {"hq": hq, "hkv": hkv, "d": dim, "context": context, "batch": batch}
 
     if check:  # first sequence against the reference, in float32
         k, v = (x.float() for x in cache.keys_values(0, 0))
         k_cmp, v_cmp = (x.float() for x in cache.compressed(0, 0))
-        qf = q[0, None, None].float()
+        qf = q[:1].float()
         own = nsa_attention(qf, k[None], v[None], cfg, k_cmp=k_cmp[None], v_cmp=v_cmp[None], selected=selected[0, None, None])
         ref = nsa_attention(qf, k[None], v[None], cfg, k_cmp=k_cmp[None], v_cmp=v_cmp[None])
         row["rel_error"] = float((out[0].float() - own.out[0, 0]).norm() / own.out[0, 0].norm())
@@ -97,13 +98,13 @@ def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
             sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(chosen, expected)) / expected.numel()
         )
         ref_ms = triton.testing.do_bench(
-            lambda: nsa_attention(q[:1, None], *(x[None] for x in cache.keys_values(0, 0)), cfg,
+            lambda: nsa_attention(q[:1], *(x[None] for x in cache.keys_values(0, 0)), cfg,
                                   k_cmp=cache.compressed(0, 0)[0][None], v_cmp=cache.compressed(0, 0)[1][None]),
             warmup=1, rep=20, return_mode="median")  # fmt: skip
         row["reference_ms_batch1"] = ref_ms
 
-    row["nsa_eager_ms"] = bench(lambda: nsa_decode_paged(*args))
-    step = graphed(lambda: nsa_decode_paged(*args))
+    row["nsa_eager_ms"] = bench(lambda: nsa_paged(*args))
+    step = graphed(lambda: nsa_paged(*args))
     row["nsa_ms"], row["nsa_ms_again"] = bench(step), bench(step)
     row["bytes"] = step_bytes(cfg, context, selected, hkv, dim, batch)
     row["nsa_gbps"] = row["bytes"] / (min(row["nsa_ms"], row["nsa_ms_again"]) * 1e-3) / 1e9
@@ -111,12 +112,23 @@ def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
 
     k_dense = torch.randn(batch, hkv, context, dim, device=device, dtype=torch.bfloat16)
     v_dense = torch.randn_like(k_dense)
-    q4 = q[:, :, None]
+    q4 = q.transpose(1, 2)
     sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q4, k_dense, v_dense, enable_gqa=True)  # noqa: E731
     row["sdpa_ms"] = bench(graphed(sdpa))
     row["speedup_vs_sdpa"] = row["sdpa_ms"] / row["nsa_ms"]
     del k_dense, v_dense
     torch.cuda.empty_cache()
+    if hq // hkv >= 16 and batch == 1:  # fla's NSA runs only there; its wheels travel in .whl/
+        for given in (True, False):
+            try:
+                from fla_nsa import time_fla_nsa
+
+                fla = time_fla_nsa(batch, context, hq, hkv, dim, given_indices=given)
+            except ImportError as error:
+                print(f"fla not timed: {error}")
+                return row
+            row["fla_given_indices_ms" if given else "fla_full_ms"] = fla.get("ms_graph") or fla.get("ms")
+            row["fla_version"] = fla.get("fla_version")
     return row
 
 
@@ -143,6 +155,7 @@ def main() -> None:
                     f" (eager {row['nsa_eager_ms']:.3f})"
                     f" ({row['nsa_gbps']:.0f} GB/s, {row['pct_copy_bw']:.0f}%)  sdpa {row['sdpa_ms']:.4f} ms"
                     f"  x{row['speedup_vs_sdpa']:.2f}"
+                    + (f"  fla {row.get('fla_full_ms')} (given idx {row.get('fla_given_indices_ms')})" if "fla_full_ms" in row else "")
                     + (f"  err {row['rel_error']:.1e} sel {row['selection_agreement']:.3f} ref {row['reference_ms_batch1']:.3f} ms"
                        if "rel_error" in row else ""),  # fmt: skip
                     flush=True,

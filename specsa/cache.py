@@ -9,15 +9,51 @@ rollback speculation needs) invalidates compressed tokens past the new length by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from specsa.config import NSAConfig
-from specsa.nsa.compression import Compression, compress
+from specsa.nsa.compression import Compression
 
 
 class CacheFullError(RuntimeError):
     pass
+
+
+@dataclass
+class StepBatch:
+    """The tokens one forward pass appends: sequence i adds query_lens[i] tokens to slot
+    slots[i], which held starts[i] before; tokens are flattened in that order. The host
+    lists drive per-sequence paths; the device tensors are all a captured step reads."""
+
+    slots: list[int]
+    starts: list[int]
+    query_lens: list[int]
+    token_slots: Tensor  # [N] int64
+    positions: Tensor  # [N] int64
+    seq_slots: Tensor  # [B] int32
+    seq_lens: Tensor  # [B] int32, lengths after the step
+
+    @property
+    def query_len(self) -> int | None:
+        """T when every sequence adds T tokens (one kernel call serves the batch), else None."""
+        return self.query_lens[0] if len(set(self.query_lens)) == 1 else None
+
+    def sequence(self, i: int) -> StepBatch:
+        """The part of the step that belongs to sequence i."""
+        first = sum(self.query_lens[:i])
+        rows = slice(first, first + self.query_lens[i])
+        return StepBatch([self.slots[i]], [self.starts[i]], [self.query_lens[i]], self.token_slots[rows],
+                         self.positions[rows], self.seq_slots[i : i + 1], self.seq_lens[i : i + 1])  # fmt: skip
+
+    def spans(self):
+        """(index, first row, last row + 1) of each sequence's tokens."""
+        row = 0
+        for i, n in enumerate(self.query_lens):
+            yield i, row, row + n
+            row += n
 
 
 class PagedKVCache:
@@ -38,17 +74,21 @@ class PagedKVCache:
         self.max_len = max_len
         self.nsa = nsa
         pages_per_seq = -(-max_len // page_size)
-        num_pages = max_seqs * pages_per_seq
+        # One extra slot, `scratch_slot`, with one page: padding rows of a captured batch
+        # write there, and so do compressed tokens a step does not complete.
+        num_pages = max_seqs * pages_per_seq + 1
         shape = (num_layers, num_pages, page_size, num_kv_heads, head_dim)
         self.k_pages = torch.zeros(shape, dtype=dtype, device=device)
         self.v_pages = torch.zeros(shape, dtype=dtype, device=device)
-        self.block_table = torch.full((max_seqs, pages_per_seq), -1, dtype=torch.long, device=device)
+        self.block_table = torch.full((max_seqs + 1, pages_per_seq), -1, dtype=torch.long, device=device)
+        self.scratch_slot = max_seqs
+        self.block_table[self.scratch_slot, 0] = num_pages - 1
         self.lengths = [0] * max_seqs
-        self._free_pages = list(range(num_pages - 1, -1, -1))
+        self._free_pages = list(range(num_pages - 2, -1, -1))
         self._free_slots = list(range(max_seqs - 1, -1, -1))
         self._pages_of: list[list[int]] = [[] for _ in range(max_seqs)]
         if nsa is not None:
-            cmp_shape = (num_layers, max_seqs, max(nsa.num_cmp_tokens(max_len), 1), num_kv_heads, head_dim)
+            cmp_shape = (num_layers, max_seqs + 1, max(nsa.num_cmp_tokens(max_len), 1), num_kv_heads, head_dim)
             self.k_cmp = torch.zeros(cmp_shape, dtype=dtype, device=device)
             self.v_cmp = torch.zeros(cmp_shape, dtype=dtype, device=device)
 
@@ -81,6 +121,20 @@ class PagedKVCache:
         self.lengths[slot] = end
         return start
 
+    def step(self, slots: list[int], query_lens: list[int]) -> StepBatch:
+        """Reserve room for a forward pass that appends query_lens[i] tokens to slots[i]."""
+        starts = [self.extend(slot, n) for slot, n in zip(slots, query_lens)]
+        device = self.block_table.device
+        token_slots = [slot for slot, n in zip(slots, query_lens) for _ in range(n)]
+        positions = [p for start, n in zip(starts, query_lens) for p in range(start, start + n)]
+        return StepBatch(
+            slots, starts, query_lens,
+            token_slots=torch.tensor(token_slots, device=device),
+            positions=torch.tensor(positions, device=device),
+            seq_slots=torch.tensor(slots, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor([s + n for s, n in zip(starts, query_lens)], dtype=torch.int32, device=device),
+        )  # fmt: skip
+
     def truncate(self, slot: int, length: int) -> None:
         """Forget everything at positions >= length (compressed tokens included)."""
         if not 0 <= length <= self.lengths[slot]:
@@ -98,31 +152,36 @@ class PagedKVCache:
         positions = torch.arange(start, end, device=self.block_table.device)
         return self.block_table[slot, positions // self.page_size], positions % self.page_size
 
-    def write(self, layer: int, slot: int, start: int, k: Tensor, v: Tensor) -> None:
-        """Store k, v [T, Hkv, D] at positions start … start+T-1 (already reserved)."""
-        page, offset = self._token_index(slot, start, start + k.shape[0])
-        self.k_pages[layer, page, offset] = k
-        self.v_pages[layer, page, offset] = v
-
     def keys_values(self, layer: int, slot: int) -> tuple[Tensor, Tensor]:
         """The sequence's raw k, v [S, Hkv, D] as contiguous copies."""
         page, offset = self._token_index(slot, 0, self.lengths[slot])
         return self.k_pages[layer, page, offset], self.v_pages[layer, page, offset]
 
-    def update_compressed(
-        self, layer: int, slot: int, old_length: int, phi_k: Compression, phi_v: Compression
+    def _flat_index(self, token_slots: Tensor, positions: Tensor) -> Tensor:
+        """Row of each (slot, position) in the layer's pages viewed as [pages·l', Hkv, D]."""
+        return self.block_table[token_slots, positions // self.page_size] * self.page_size + positions % self.page_size
+
+    def append(
+        self, layer: int, k: Tensor, v: Tensor, token_slots: Tensor, positions: Tensor, phi_k: Compression, phi_v: Compression
     ) -> None:
-        """Compress the tokens completed since the sequence was `old_length` long."""
-        first = self.nsa.num_cmp_tokens(old_length)
-        last = self.nsa.num_cmp_tokens(self.lengths[slot])
-        if last == first:
+        """Store a step's new tokens k, v [N, Hkv, D] (slots, positions [N], reserved with
+        `extend`) and every compressed token they complete. Device work only, no host sync,
+        so a decode step can be captured in a CUDA graph."""
+        k_flat, v_flat = self.k_pages[layer].flatten(0, 1), self.v_pages[layer].flatten(0, 1)
+        rows = self._flat_index(token_slots, positions)
+        k_flat[rows] = k
+        v_flat[rows] = v
+        if self.nsa is None:
             return
-        # Only the raw tokens the new compressed tokens cover: [first·d, (last-1)·d + l).
-        stride, block = self.nsa.cmp_stride, self.nsa.cmp_block
-        page, offset = self._token_index(slot, first * stride, (last - 1) * stride + block)
-        k, v = self.k_pages[layer, page, offset], self.v_pages[layer, page, offset]
-        self.k_cmp[layer, slot, first:last] = compress(k[None], self.nsa, phi_k)[0]
-        self.v_cmp[layer, slot, first:last] = compress(v[None], self.nsa, phi_v)[0]
+        # Position p completes compressed token i when p = i·d + l - 1; it covers [i·d, i·d + l).
+        first = positions - (self.nsa.cmp_block - 1)  # [N]
+        completes = (first >= 0) & (first % self.nsa.cmp_stride == 0)
+        covered = first.clamp(min=0)[:, None] + torch.arange(self.nsa.cmp_block, device=first.device)  # [N, l]
+        block_rows = self._flat_index(token_slots[:, None], covered)
+        target_slot = torch.where(completes, token_slots, self.scratch_slot)
+        target = torch.where(completes, first.clamp(min=0) // self.nsa.cmp_stride, 0)
+        self.k_cmp[layer, target_slot, target] = phi_k(k_flat[block_rows][None])[0]
+        self.v_cmp[layer, target_slot, target] = phi_v(v_flat[block_rows][None])[0]
 
     def compressed(self, layer: int, slot: int) -> tuple[Tensor, Tensor]:
         """The sequence's valid compressed k, v [Nc, Hkv, D]."""

@@ -46,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--self-draft-selected", type=int, default=4, help="n of the self drafter's NSA")
     spec.add_argument("--self-draft-window", type=int, default=64, help="w of the self drafter's NSA")
     spec.add_argument("--self-draft-layers", default=None, help="layers the self drafter runs, e.g. 0-11,20")
+    spec.add_argument("--precision", default="exact", choices=["exact", "shared", "reuse"],
+                      help="what verification may change vs autoregressive NSA (default: exact, lossless)")  # fmt: skip
+    spec.add_argument("--share-group", type=int, default=4, help="C: adjacent verifier queries sharing a selection (shared)")
+    spec.add_argument("--refresh-layers", default=None,
+                      help="layers that compute a selection under --precision reuse, e.g. 0-29:4 (default: every 4th)")  # fmt: skip
     gen.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per prefill pass")
+    gen.add_argument("--enforce-eager", action="store_true", help="run decode and verify steps without CUDA graphs")
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     return parser
 
@@ -89,18 +95,33 @@ def encode(tokenizer, prompt: str, chat: bool) -> list[int]:
     return tokenizer.encode(prompt)
 
 
-def parse_layers(text: str | None) -> list[int] | None:
-    """'0-11,20' -> [0, 1, …, 11, 20]."""
+def parse_layers(text: str | None, flag: str = "--self-draft-layers") -> list[int] | None:
+    """'0-11,20' -> [0, 1, …, 11, 20]; '0-29:4' -> [0, 4, …, 28]."""
     if text is None:
         return None
     try:
         layers = []
         for part in text.split(","):
-            first, _, last = part.partition("-")
-            layers.extend(range(int(first), int(last or first) + 1))
+            span, _, step = part.partition(":")
+            first, _, last = span.partition("-")
+            layers.extend(range(int(first), int(last or first) + 1, int(step or 1)))
     except ValueError:
-        raise ValueError(f"--self-draft-layers takes layer numbers and ranges like 0-11,20; got {text!r}.") from None
+        raise ValueError(f"{flag} takes layer numbers and ranges like 0-11,20 or 0-29:4; got {text!r}.") from None
     return layers
+
+
+def precision_from(args: argparse.Namespace, num_layers: int):
+    from specsa.config import Precision
+
+    if args.precision != "exact" and args.attention != "nsa":
+        raise ValueError(f"--precision {args.precision} changes NSA's block selection: use it with --attention nsa.")
+    refresh = parse_layers(args.refresh_layers, "--refresh-layers")
+    if refresh is not None and args.precision != "reuse":
+        raise ValueError("--refresh-layers is only used with --precision reuse.")
+    if refresh is not None and not all(0 <= layer < num_layers for layer in refresh):
+        raise ValueError(f"--refresh-layers must name layers 0 … {num_layers - 1}; got {args.refresh_layers!r}.")
+    refresh = tuple(refresh) if refresh is not None else Precision.every(num_layers, 4)
+    return Precision(args.precision, share_group=args.share_group, refresh_layers=refresh)
 
 
 def check_spec_args(args: argparse.Namespace) -> None:
@@ -153,13 +174,14 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.prefill_chunk < 1:
         raise ValueError(f"--prefill-chunk must be at least 1, got {args.prefill_chunk}.")
     model = load_model(args.model, attention=args.attention, nsa_overrides=overrides, dtype=dtype, device=device)
+    model.precision = precision_from(args, model.config.num_layers)
     tokenizer = load_tokenizer(args.model)
 
     prompt_ids = [encode(tokenizer, p, not args.no_chat_template) for p in prompts]
     eos = set(model.config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
-    options = dict(prefill_chunk=args.prefill_chunk, progress=True)
+    options = dict(prefill_chunk=args.prefill_chunk, cuda_graphs=False if args.enforce_eager else None, progress=True)
     if args.spec == "off":
         results = generate(model, prompt_ids, params, frozenset(eos), **options)
     else:
@@ -182,6 +204,7 @@ def report(args: argparse.Namespace, result, text: str, device) -> None:
         "decode_s": round(result.decode_s, 6),
         "decode_tokens_per_s": round(generated / result.decode_s, 3) if result.decode_s > 0 else None,
         "spec": args.spec,
+        "precision": args.precision,
     }
     stats = getattr(result, "stats", None)
     if stats is not None:

@@ -76,6 +76,45 @@ class NSAConfig:
         return -(-length // self.sel_block)
 
 
+class PrecisionClass(str, Enum):
+    """What speculative verification may change against autoregressive NSA (DESIGN.md)."""
+
+    EXACT = "exact"  # nothing but float rounding
+    SHARED = "shared"  # groups of adjacent verifier queries share one ranking
+    REUSE = "reuse"  # only refresh layers select; the layers after them reuse it
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision class and its knobs. `share_group` is C for `shared`; `refresh_layers`
+    are the layers that compute a selection under `reuse` (the first layer always does)."""
+
+    kind: PrecisionClass = PrecisionClass.EXACT
+    share_group: int = 4
+    refresh_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", PrecisionClass(self.kind))
+        _require(self.share_group >= 1, f"Precision.share_group must be at least 1, got {self.share_group}.")
+        _require(all(layer >= 0 for layer in self.refresh_layers),
+                 f"Precision.refresh_layers must be layer indices, got {self.refresh_layers}.")  # fmt: skip
+
+    @property
+    def query_share_group(self) -> int:
+        """C for the kernels and the reference: 1 unless the class is `shared`."""
+        return self.share_group if self.kind is PrecisionClass.SHARED else 1
+
+    def refreshes(self, layer: int, first_layer: int) -> bool:
+        """Whether `layer` computes its own selection (the first layer of a pass always does)."""
+        return self.kind is not PrecisionClass.REUSE or layer == first_layer or layer in self.refresh_layers
+
+    @staticmethod
+    def every(num_layers: int, period: int) -> tuple[int, ...]:
+        """Refresh layers 0, period, 2·period, …"""
+        _require(period >= 1, f"The refresh period must be at least 1, got {period}.")
+        return tuple(range(0, num_layers, period))
+
+
 def check_heads(num_q_heads: int, num_kv_heads: int) -> int:
     """Validate a GQA head layout and return the group size G = Hq / Hkv."""
     _require(

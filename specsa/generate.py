@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from specsa.cache import PagedKVCache
 from specsa.model.decoder import CausalLM
+from specsa.model.graphs import StepGraphs
 from specsa.sampling import SamplingParams, sample
 
 
@@ -63,7 +64,7 @@ def prefill(
     ids = torch.tensor(tokens, device=device)
     bar = tqdm(total=len(tokens), desc="prefill", unit="tok", leave=False, disable=not progress or None)
     for begin in range(0, len(tokens), chunk):
-        hidden = model(ids[begin : begin + chunk], [slot], [min(chunk, len(tokens) - begin)], cache)
+        hidden = model(ids[begin : begin + chunk], [slot], [min(chunk, len(tokens) - begin)], cache, exact=True)
         bar.update(hidden.shape[0])
     bar.close()
     return model.logits(hidden[-1:])[0]
@@ -91,6 +92,24 @@ def start_requests(
     return [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
 
 
+def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None) -> StepGraphs | None:
+    """CUDA graphs for the decode/verify steps: by default wherever the kernels run on CUDA."""
+    on_cuda = model.lm_head.weight.is_cuda
+    if cuda_graphs is None:
+        cuda_graphs = on_cuda and model.use_kernels is not False
+    if cuda_graphs and not on_cuda:
+        raise ValueError("CUDA graphs need a CUDA device; drop the option on the CPU.")
+    return StepGraphs(model, cache) if cuda_graphs else None
+
+
+def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids, slots, query_lens):
+    """Logits [N, V] of a step that appends query_lens[i] tokens to slots[i]: replayed from
+    a CUDA graph when every sequence appends the same number, else run eagerly."""
+    if graphs is not None and len(set(query_lens)) == 1:
+        return graphs.logits(token_ids, slots, query_lens[0])
+    return model.logits(model(token_ids, slots, query_lens, cache))
+
+
 def generate(
     model: CausalLM,
     prompts: list[list[int]],
@@ -98,24 +117,29 @@ def generate(
     eos_ids: frozenset[int],
     *,
     prefill_chunk: int = 1024,
+    cuda_graphs: bool | None = None,
     progress: bool = False,
 ) -> list[Generation]:
-    """Greedy or sampled autoregressive decoding; prompts may differ in length."""
+    """Greedy or sampled autoregressive decoding; prompts may differ in length.
+    `cuda_graphs`: replay decode steps from CUDA graphs (default: on CUDA with kernels)."""
     check_lengths(prompts, params, model.config.max_position)
     device = model.lm_head.weight.device
     generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
     cache = model.new_cache(len(prompts), max(map(len, prompts)) + params.max_new_tokens)
     gens = [Generation(list(p)) for p in prompts]
     slots = [cache.allocate() for _ in prompts]
+    graphs = step_graphs(model, cache, cuda_graphs)
 
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
+    if graphs is not None and active:
+        graphs.prepare(len(active), 1)
     start = synchronize(device)
 
     bar = tqdm(total=params.max_new_tokens, desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:
         ids = torch.tensor([gens[i].token_ids[-1] for i in active], device=device)
-        hidden = model(ids, [slots[i] for i in active], [1] * len(active), cache)
-        next_tokens = sample(model.logits(hidden), params, generator).tolist()
+        logits = step_logits(model, cache, graphs, ids, [slots[i] for i in active], [1] * len(active))
+        next_tokens = sample(logits, params, generator).tolist()
         active = [i for i, token in zip(active, next_tokens) if not gens[i].add(token, params, eos_ids)]
         bar.update(1)
     bar.close()

@@ -20,9 +20,9 @@ def new_cache(max_seqs=3, max_len=100) -> PagedKVCache:
 
 def append(cache, slot, k, v):
     start = cache.extend(slot, k.shape[0])
+    slots, positions = torch.full((k.shape[0],), slot), torch.arange(start, start + k.shape[0])
     for layer in range(2):
-        cache.write(layer, slot, start, k, v)
-        cache.update_compressed(layer, slot, start, mean_compression, mean_compression)
+        cache.append(layer, k, v, slots, positions, mean_compression, mean_compression)
 
 
 def test_interleaved_sequences_read_back_and_compress_like_the_whole():

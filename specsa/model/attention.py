@@ -3,47 +3,14 @@ attention over it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from specsa.cache import PagedKVCache
+from specsa.cache import PagedKVCache, StepBatch
 from specsa.config import Combine, ModelConfig, NSAConfig
 from specsa.model.rope import apply_rotary
-from specsa.nsa.attention import nsa_attend, nsa_decode_batch
+from specsa.nsa.attention import append_step, paged_attention
 from specsa.nsa.compression import MLPCompression, mean_compression
-
-
-@dataclass
-class StepBatch:
-    """Which tokens a forward pass appends: sequence i adds query_lens[i] tokens to cache
-    slot slots[i], which held starts[i] tokens before. Tokens are flattened in that order."""
-
-    slots: list[int]
-    starts: list[int]
-    query_lens: list[int]
-    # Set when every sequence adds one token and the Triton decode path runs:
-    # slots and lengths after this step, [B] int32 on the device.
-    decode_slots: Tensor | None = None
-    decode_lengths: Tensor | None = None
-
-    def spans(self):
-        """(slot, start, first row, last row + 1) for each sequence."""
-        row = 0
-        for slot, start, n in zip(self.slots, self.starts, self.query_lens):
-            yield slot, start, row, row + n
-            row += n
-
-
-def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """Causal attention of q [T, Hq, D] at the last T positions of k, v [S, Hkv, D]."""
-    t, s = q.shape[0], k.shape[0]
-    causal = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-    out = nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=causal, scale=scale, enable_gqa=True
-    )
-    return out.transpose(0, 1)
 
 
 class Attention(nn.Module):
@@ -66,10 +33,21 @@ class Attention(nn.Module):
             self.compress_k = self.compress_v = mean_compression
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache, nsa: NSAConfig | None
-    ) -> Tensor:
-        """x [N, hidden] -> [N, hidden]; appends this step's keys and values to the cache.
-        `nsa` is the configuration of this pass: the layer's own, or a self-drafter's cheaper one."""
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        batch: StepBatch,
+        cache: PagedKVCache,
+        nsa: NSAConfig | None,
+        *,
+        use_kernels: bool,
+        selection=None,
+        share_group: int = 1,
+    ):
+        """x [N, hidden] -> ([N, hidden], selection); appends this step's keys and values
+        to the cache. `nsa` is this pass's configuration: the layer's own, or a
+        self-drafter's cheaper one. `selection` hands in an earlier layer's (`reuse`)."""
         n = x.shape[0]
         q = apply_rotary(self.q_proj(x).view(n, self.num_q_heads, self.head_dim), cos, sin)
         k = apply_rotary(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
@@ -77,29 +55,7 @@ class Attention(nn.Module):
         gates = None
         if hasattr(self, "g_proj"):
             gates = torch.sigmoid(self.g_proj(x)).view(n, self.num_q_heads, 3)
-        for slot, start, first, last in batch.spans():
-            cache.write(self.layer, slot, start, k[first:last], v[first:last])
-            if nsa is not None:
-                cache.update_compressed(self.layer, slot, start, self.compress_k, self.compress_v)
-        if batch.decode_slots is not None:
-            out = nsa_decode_batch(q, cache, self.layer, batch.decode_slots, batch.decode_lengths, nsa,
-                                   gates=gates, scale=self.scale)  # fmt: skip
-            return self.o_proj(out.reshape(n, -1))
-        out = torch.empty_like(q)
-        for slot, start, first, last in batch.spans():
-            keys, values = cache.keys_values(self.layer, slot)
-            if nsa is None:
-                out[first:last] = dense_attention(q[first:last], keys, values, self.scale)
-                continue
-            k_cmp, v_cmp = cache.compressed(self.layer, slot)
-            out[first:last] = nsa_attend(
-                q[first:last],
-                keys,
-                values,
-                k_cmp,
-                v_cmp,
-                nsa,
-                gates=None if gates is None else gates[first:last],
-                scale=self.scale,
-            ).out
-        return self.o_proj(out.reshape(n, -1))
+        append_step(cache, self.layer, k, v, batch, self.compress_k, self.compress_v, use_kernels)
+        out, selection = paged_attention(q, cache, self.layer, batch, nsa, gates=gates, scale=self.scale,
+                                         use_kernels=use_kernels, selection=selection, share_group=share_group)  # fmt: skip
+        return self.o_proj(out.reshape(n, -1)), selection

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from specsa.cache import PagedKVCache
-from specsa.config import ModelConfig, NSAConfig
-from specsa.model.attention import Attention, StepBatch
+from specsa.cache import PagedKVCache, StepBatch
+from specsa.config import ModelConfig, NSAConfig, Precision
+from specsa.model.attention import Attention
 from specsa.model.layers import RMSNorm, SwiGLU
 from specsa.model.rope import Rotary
 
@@ -21,11 +21,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache, nsa: NSAConfig | None
-    ) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, cache, nsa)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache, nsa, **attention):
+        """Returns (x, the attention's selection)."""
+        attended, selection = self.self_attn(self.input_layernorm(x), cos, sin, batch, cache, nsa, **attention)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), selection
 
 
 class Backbone(nn.Module):
@@ -39,15 +39,16 @@ class Backbone(nn.Module):
 class CausalLM(nn.Module):
     """`nsa=None` runs dense attention; otherwise NSA with that configuration.
 
-    `decode_kernels`: decode steps (one new token per sequence) run the Triton kernels;
-    on by default on CUDA. Prefill and verification run the reference for now.
+    `use_kernels`: attention runs the Triton kernels (None: on CUDA only), else the
+    reference. `precision`: the class verification may use (`shared`, `reuse`).
     """
 
     def __init__(self, cfg: ModelConfig, nsa: NSAConfig | None):
         super().__init__()
         self.config = cfg
         self.nsa = nsa
-        self.decode_kernels: bool | None = None  # None: on CUDA only
+        self.use_kernels: bool | None = None
+        self.precision = Precision()
         self.model = Backbone(cfg, nsa)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -69,36 +70,43 @@ class CausalLM(nn.Module):
         )
 
     @torch.inference_mode()
-    def forward(
+    def forward(self, token_ids: Tensor, slots: list[int], query_lens: list[int], cache: PagedKVCache, **run) -> Tensor:
+        """Append query_lens[i] tokens to sequence slots[i]; token_ids [N] are flattened in
+        that order. Returns the final hidden states [N, hidden]; `logits` maps them."""
+        return self.run(token_ids, cache.step(slots, query_lens), cache, **run)
+
+    @torch.inference_mode()
+    def run(
         self,
         token_ids: Tensor,
-        slots: list[int],
-        query_lens: list[int],
+        batch: StepBatch,
         cache: PagedKVCache,
         *,
         draft_nsa: NSAConfig | None = None,
         layers: list[int] | None = None,
+        record: list | None = None,
+        exact: bool = False,
     ) -> Tensor:
-        """Append query_lens[i] tokens to sequence slots[i]; token_ids [N] are flattened in
-        that order. Returns the final hidden states [N, hidden]; `logits` maps them.
-
-        A self-drafter passes `draft_nsa` (a cheaper selection budget) and may run only
-        `layers`; what it writes to the cache is truncated away before verification.
-        """
-        starts = [cache.extend(slot, n) for slot, n in zip(slots, query_lens)]
-        batch = StepBatch(slots, starts, query_lens)
+        """The forward pass of a reserved step: device work only (a decode step with the
+        kernels can be captured in a CUDA graph). A self-drafter passes `draft_nsa` (a
+        cheaper selection budget) and may run only `layers`; what it writes is truncated
+        away before verification. `record` collects each layer's selection. `exact`
+        ignores the precision class (prefill: it only approximates decode steps)."""
         nsa = draft_nsa or self.nsa
-        use_kernels = token_ids.is_cuda if self.decode_kernels is None else self.decode_kernels
-        if use_kernels and nsa is not None and all(n == 1 for n in query_lens):
-            batch.decode_slots = torch.tensor(slots, dtype=torch.int32, device=token_ids.device)
-            batch.decode_lengths = torch.tensor([s + 1 for s in starts], dtype=torch.int32, device=token_ids.device)
-        positions = torch.cat(
-            [torch.arange(start, start + n, device=token_ids.device) for start, n in zip(starts, query_lens)]
-        )
-        cos, sin = self.rotary(positions)
+        use_kernels = token_ids.is_cuda if self.use_kernels is None else self.use_kernels
+        layers = range(self.config.num_layers) if layers is None else layers
+        cos, sin = self.rotary(batch.positions)
         x = self.model.embed_tokens(token_ids)
-        for index in range(self.config.num_layers) if layers is None else layers:
-            x = self.model.layers[index](x, cos, sin, batch, cache, nsa)
+        precision = Precision() if exact else self.precision
+        selection = None
+        for index in layers:
+            reused = None if precision.refreshes(index, layers[0]) else selection
+            x, selection = self.model.layers[index](
+                x, cos, sin, batch, cache, nsa, use_kernels=use_kernels, selection=reused,
+                share_group=precision.query_share_group,
+            )  # fmt: skip
+            if record is not None:
+                record.append(selection)
         return self.model.norm(x)
 
     @torch.inference_mode()

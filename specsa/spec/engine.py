@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from specsa.generate import Generation, check_lengths, start_requests, synchronize
+from specsa.generate import Generation, check_lengths, start_requests, step_graphs, step_logits, synchronize
 from specsa.model.decoder import CausalLM
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import rejection_sample
@@ -67,6 +67,7 @@ def generate_speculative(
     num_speculative_tokens: int,
     *,
     prefill_chunk: int = 1024,
+    cuda_graphs: bool | None = None,
     progress: bool = False,
 ) -> list[SpecGeneration]:
     """Like `generate`, but each target pass verifies up to K drafted tokens per sequence.
@@ -86,8 +87,11 @@ def generate_speculative(
     drafter: Drafter = drafter_factory(cache, generator)
     gens = [SpecGeneration(list(p), stats=SpecStats(k)) for p in prompts]
     slots = [cache.allocate() for _ in prompts]
+    graphs = step_graphs(model, cache, cuda_graphs)
 
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
+    if graphs is not None and active:
+        graphs.prepare(len(active), k + 1)
     start = synchronize(device)
 
     bar = tqdm(total=params.max_new_tokens * len(prompts), desc="decode", unit="tok", leave=False, disable=not progress or None)
@@ -109,8 +113,9 @@ def generate_speculative(
         # Verify: each sequence feeds its last committed token and its drafts.
         feed = [[context[-1]] + drafts for context, drafts in zip(contexts, proposal.tokens)]
         lengths_before = [cache.lengths[slots[i]] for i in active]
-        hidden = model(torch.tensor(sum(feed, []), device=device), [slots[i] for i in active], [len(f) for f in feed], cache)
-        rows = torch.split(target_probabilities(model.logits(hidden), params), [len(f) for f in feed])
+        feed_ids = torch.tensor(sum(feed, []), device=device)
+        logits = step_logits(model, cache, graphs, feed_ids, [slots[i] for i in active], [len(f) for f in feed])
+        rows = torch.split(target_probabilities(logits, params), [len(f) for f in feed])
         target_probs = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width + 1 - len(r))) for r in rows])
         accepted, next_token = rejection_sample(
             draft_tokens, draft_probs, target_probs, torch.tensor(num_drafts, device=device), generator

@@ -32,8 +32,9 @@ def filled_cache(cfg: NSAConfig, lengths: list[int], heads: int, dim: int, seed:
                 if tied:
                     kv[0] = 0.5
                 start = cache.extend(slot, n)
-                cache.write(0, slot, start, kv[0], kv[1])
-                cache.update_compressed(0, slot, start, mean_compression, mean_compression)
+                token_slots = torch.full((n,), slot, device=DEVICE)
+                positions = torch.arange(start, start + n, device=DEVICE)
+                cache.append(0, kv[0], kv[1], token_slots, positions, mean_compression, mean_compression)
                 written[i] += n
     return cache
 
@@ -138,15 +139,15 @@ def test_model_decode_with_kernels_equals_reference(tiny_llama):
 
     model = load_model(str(tiny_llama), nsa_overrides=dict(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=3,
                                                           window=16), device=DEVICE)  # fmt: skip
-    prompts = [torch.randint(2, 128, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (70, 33)]
-    params = SamplingParams(max_new_tokens=6)
-    model.decode_kernels = False
+    prompts = [torch.randint(2, 128, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (56, 23)]
+    params = SamplingParams(max_new_tokens=4)
+    model.use_kernels = False
     reference = [g.token_ids for g in generate(model, prompts, params, frozenset())]
-    cache = model.new_cache(1, 80)
-    model(torch.tensor(prompts[0], device=DEVICE), [0], [70], cache)
+    cache = model.new_cache(1, 64)
+    model(torch.tensor(prompts[0], device=DEVICE), [0], [56], cache)
     ref_logits = model.logits(model(torch.tensor([5], device=DEVICE), [0], [1], cache))
-    model.decode_kernels = True
+    model.use_kernels = True
     assert [g.token_ids for g in generate(model, prompts, params, frozenset())] == reference
-    cache.truncate(0, 70)
+    cache.truncate(0, 56)
     torch.testing.assert_close(model.logits(model(torch.tensor([5], device=DEVICE), [0], [1], cache)), ref_logits,
                                atol=1e-4, rtol=1e-4)  # fmt: skip

@@ -8,6 +8,7 @@ combines. Five launches, no host sync: a step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,7 +19,6 @@ from specsa.config import Combine, NSAConfig
 from specsa.nsa.kernels.refresh import _block_candidates_kernel, _cmp_partial_kernel, _select_kernel
 from specsa.nsa.kernels.sparse import _merge_kernel, _sparse_attention_kernel
 
-PROGRAMS_WANTED = 2 * 132  # about two programs per SM on an H100
 MAX_TILE_ROWS = 64  # query rows (queries × group heads) per tile
 
 
@@ -26,9 +26,17 @@ def _pow2(x: int) -> int:
     return triton.next_power_of_2(x)
 
 
-def _splits_for(programs: int, most: int) -> int:
+@functools.cache
+def _programs_wanted(device: torch.device) -> int:
+    """About two programs per SM; a handful on the CPU (the interpreter runs them one by one)."""
+    if device.type != "cuda":
+        return 4
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _splits_for(device: torch.device, programs: int, most: int) -> int:
     """Split-K factor so that `programs` programs each get about one share of the GPU."""
-    return max(1, min(most, math.ceil(PROGRAMS_WANTED / programs)))
+    return max(1, min(most, math.ceil(_programs_wanted(device) / programs)))
 
 
 def nsa_paged(
@@ -83,7 +91,7 @@ def nsa_paged(
         block_n = 64
         query_tile = min(_pow2(num_queries), max(1, MAX_TILE_ROWS // group_pad))
         query_tiles = math.ceil(num_queries / query_tile)
-        cmp_splits = _splits_for(batch * query_tiles * num_kv_heads, math.ceil(capacity / block_n))
+        cmp_splits = _splits_for(q.device, batch * query_tiles * num_kv_heads, math.ceil(capacity / block_n))
         chunk = math.ceil(capacity / cmp_splits / block_n) * block_n
         cmp_splits = math.ceil(capacity / chunk)
         scores = torch.empty(rows, num_q_heads, capacity, **f32)
@@ -123,28 +131,59 @@ def nsa_paged(
     else:
         selected = selected.to(torch.int32).contiguous()
 
+    out = _attend_union(
+        q, k_pages, v_pages, block_table, slots, seq_lens, selected, window=cfg.window, merged=merged, scale=scale,
+        query_group=query_group, splits=splits, gates=gates, cmp_parts=(cmp_part_o, cmp_part_ml, cmp_splits),
+    )  # fmt: skip
+    return out, selected
+
+
+def dense_paged(
+    q: Tensor, k_pages: Tensor, v_pages: Tensor, block_table: Tensor, slots: Tensor, seq_lens: Tensor, *, scale: float
+) -> Tensor:
+    """Dense causal attention over the paged cache, graph-capturable: the sparse kernel
+    with no selected block and a window as long as the cache (paged flash-decoding).
+    q [B, T, Hq, D] at the last T positions; returns [B, T, Hq, D]."""
+    batch, num_queries, num_kv_heads = q.shape[0], q.shape[1], k_pages.shape[2]
+    nothing = torch.full((batch, num_queries, num_kv_heads, 1), -1, dtype=torch.int32, device=q.device)
+    window = block_table.shape[1] * k_pages.shape[1]
+    return _attend_union(q, k_pages, v_pages, block_table, slots, seq_lens, nothing, window=window, merged=True,
+                         scale=scale, query_group=None, splits=None)  # fmt: skip
+
+
+def _attend_union(
+    q, k_pages, v_pages, block_table, slots, seq_lens, selected, *, window, merged, scale, query_group, splits,
+    gates=None, cmp_parts=(None, None, 1),
+) -> Tensor:  # fmt: skip
+    """The grouped selected + window attention, then the merge (and the gated combination)."""
+    batch, num_queries, num_q_heads, head_dim = q.shape
+    num_kv_heads, page = k_pages.shape[2], k_pages.shape[1]
+    num_selected = selected.shape[-1]
+    group_pad = _pow2(num_q_heads // num_kv_heads)
+    rows = batch * num_queries
     if query_group is None:
         query_group = min(num_queries, max(1, MAX_TILE_ROWS // group_pad))
     query_groups = math.ceil(num_queries / query_group)
-    window_blocks = math.ceil((cfg.window + query_group - 1) / page) + 1
+    window_blocks = min(math.ceil((window + query_group - 1) / page) + 1, block_table.shape[1])
     if splits is None:
-        splits = _splits_for(batch * query_groups * num_kv_heads, cfg.num_selected * query_group + window_blocks)
-    part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, **f32)
-    part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, **f32)
+        splits = _splits_for(q.device, batch * query_groups * num_kv_heads, num_selected * query_group + window_blocks)
+    part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, device=q.device, dtype=torch.float32)
+    part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, device=q.device, dtype=torch.float32)
     _sparse_attention_kernel[(batch * query_groups, num_kv_heads, splits)](
         q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml, num_queries,
         q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
         block_table.stride(0), scale,
-        WINDOW=cfg.window, NUM_SEL=cfg.num_selected, NUM_SEL_PAD=_pow2(cfg.num_selected), SPLITS=splits, MERGED=merged,
-        QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=group, G_PAD=group_pad,
+        WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), SPLITS=splits, MERGED=merged,
+        QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
         ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page,
     )  # fmt: skip
 
+    cmp_part_o, cmp_part_ml, cmp_splits = cmp_parts
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     _merge_kernel[(rows * num_q_heads,)](
-        part_o, part_ml, cmp_part_o if cmp_part_o is not None else part_o,
-        cmp_part_ml if cmp_part_ml is not None else part_ml, part_ml if gates is None else gates.contiguous(), out,
+        part_o, part_ml, part_o if cmp_part_o is None else cmp_part_o, part_ml if cmp_part_ml is None else cmp_part_ml,
+        part_ml if gates is None else gates.contiguous(), out,
         SPLITS=splits, SPLITS_PAD=_pow2(splits), CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits),
         MERGED=merged, D=head_dim,
     )  # fmt: skip
-    return out, selected
+    return out

@@ -56,9 +56,9 @@ def _cmp_partial_kernel(
     stride_cc,
     stride_ch,
     scale,
-    C: tl.constexpr,
-    CHUNK: tl.constexpr,  # compressed tokens per split, a multiple of BLOCK_N
-    CMP_SPLITS: tl.constexpr,
+    C,
+    CHUNK,  # compressed tokens per split, a multiple of BLOCK_N
+    CMP_SPLITS,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     QUERY_TILE: tl.constexpr,  # queries per program
@@ -128,13 +128,13 @@ def _query_block_scores(
     row0,  # the query's first row of [B·T, Hq] for this KV head
     position,
     o_j,  # [BLOCKS_PER_SPLIT] block indices
-    C: tl.constexpr,
-    CMP_SPLITS: tl.constexpr,
+    C,
+    CMP_SPLITS,
     CMP_SPLITS_PAD: tl.constexpr,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     PAGE: tl.constexpr,
-    NUM_BLOCKS: tl.constexpr,
+    NUM_BLOCKS,
     BLOCKS_PER_SPLIT: tl.constexpr,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
@@ -173,13 +173,13 @@ def _block_candidates_kernel(
     cand_block_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] int32: local top-n blocks, -1 pads
     cand_key_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] fp32: their ranking keys
     num_queries,  # T
-    C: tl.constexpr,
-    CMP_SPLITS: tl.constexpr,
+    C,
+    CMP_SPLITS,
     CMP_SPLITS_PAD: tl.constexpr,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     PAGE: tl.constexpr,
-    NUM_BLOCKS: tl.constexpr,
+    NUM_BLOCKS,
     BLOCKS_PER_SPLIT: tl.constexpr,
     NUM_SEL: tl.constexpr,
     NUM_SEL_PAD: tl.constexpr,
@@ -224,7 +224,7 @@ def _select_kernel(
     cand_block_ptr,  # [B·T·Hkv, NUM_CAND] int32 from _block_candidates_kernel
     cand_key_ptr,  # [B·T·Hkv, NUM_CAND] fp32
     selected_ptr,  # [B·T·Hkv, NUM_SEL] int32: rank order, -1 pads
-    NUM_CAND: tl.constexpr,
+    NUM_CAND,
     NUM_CAND_PAD: tl.constexpr,
     CHUNK: tl.constexpr,
     NUM_SEL: tl.constexpr,

@@ -41,10 +41,10 @@ def _sparse_attention_kernel(
     stride_ph,
     stride_bt,
     scale,
-    WINDOW: tl.constexpr,
+    WINDOW,
     NUM_SEL: tl.constexpr,
     NUM_SEL_PAD: tl.constexpr,
-    SPLITS: tl.constexpr,
+    SPLITS,
     MERGED: tl.constexpr,
     QUERY_GROUP: tl.constexpr,
     QUERY_GROUP_PAD: tl.constexpr,
@@ -159,9 +159,9 @@ def _merge_kernel(
     cmp_part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2]
     gates_ptr,  # [B·T, Hq, 3] (gated only)
     out_ptr,  # [B·T, Hq, D]
-    SPLITS: tl.constexpr,
+    SPLITS,
     SPLITS_PAD: tl.constexpr,
-    CMP_SPLITS: tl.constexpr,
+    CMP_SPLITS,
     CMP_SPLITS_PAD: tl.constexpr,
     MERGED: tl.constexpr,
     D: tl.constexpr,

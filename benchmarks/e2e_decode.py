@@ -1,0 +1,123 @@
+"""End-to-end decoding on the GPU: tokens/s of NSA vs dense attention, with and without
+CUDA graphs, and prefill tokens/s, for Llama-shaped models with RANDOM weights (the
+generated text is meaningless; the cost per token is what a trained model of that shape
+pays). Models: a 1B-class Llama (Llama-3.2-1B shapes) and a SmolLM2-135M-shaped one.
+
+Decode throughput = generated tokens / decode wall time (prefill apart), greedy, with the
+same prompt (random token ids) of each context length for every batch row. Kernels are
+compiled by a short warm-up run first; CUDA graphs are captured before the decode timer
+starts (`generate` does that), as an engine does at start-up.
+
+    python benchmarks/e2e_decode.py --out benchmarks/results/h100/e2e_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+from specsa.config import ModelConfig, NSAConfig
+from specsa.generate import generate, prefill, synchronize
+from specsa.model.decoder import CausalLM
+from specsa.sampling import SamplingParams
+
+MODELS = {
+    "llama-1b": ModelConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_q_heads=32,
+                            num_kv_heads=8, head_dim=64, max_position=131072 + 256, rope_theta=500000.0,
+                            tie_embeddings=True),  # fmt: skip
+    "smollm2-135m": ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                                num_q_heads=9, num_kv_heads=3, head_dim=64, max_position=131072 + 256,
+                                rope_theta=100000.0, tie_embeddings=True),  # fmt: skip
+}
+
+
+def random_model(cfg: ModelConfig, attention: str) -> CausalLM:
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = CausalLM(cfg, NSAConfig() if attention == "nsa" else None)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return model.to(torch.bfloat16).eval()
+
+
+def decode_row(model, name, attention, context, batch, new_tokens, graphs) -> dict:
+    prompt = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(1)).tolist()
+    params = SamplingParams(max_new_tokens=new_tokens)
+    chunk = 4096 if attention == "nsa" else context  # dense: one SDPA pass per prompt
+    gens = generate(model, [prompt] * batch, params, frozenset(), cuda_graphs=graphs, prefill_chunk=chunk)
+    decode_s = gens[0].decode_s
+    return {"model": name, "attention": attention, "context": context, "batch": batch, "cuda_graphs": graphs,
+            "new_tokens": new_tokens, "decode_s": decode_s, "tokens_per_s": batch * new_tokens / decode_s,
+            "ms_per_step": 1e3 * decode_s / new_tokens}  # fmt: skip
+
+
+def prefill_row(model, name, attention, context, chunk) -> dict:
+    cache = model.new_cache(1, context + 1)
+    slot = cache.allocate()
+    tokens = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(2)).tolist()
+    start = synchronize(torch.device("cuda"))
+    prefill(model, cache, slot, tokens, chunk)
+    seconds = synchronize(torch.device("cuda")) - start
+    del cache
+    torch.cuda.empty_cache()
+    return {"model": name, "attention": attention, "part": "prefill", "context": context, "chunk": chunk,
+            "prefill_s": seconds, "tokens_per_s": context / seconds,
+            "peak_gb": torch.cuda.max_memory_allocated() / 1e9}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="llama-1b,smollm2-135m")
+    parser.add_argument("--contexts", default="16384,32768,65536")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prefill-contexts", default="32768,131072")
+    parser.add_argument("--prefill-chunk", type=int, default=2048, help="NSA prefill chunk (dense: one pass)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = []
+    result = {
+        "benchmark": "e2e_decode",
+        "weights": "random (throughput only; the text is meaningless)",
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "nsa": {k: getattr(v, "value", v) for k, v in vars(NSAConfig()).items()},
+        "command": "python benchmarks/e2e_decode.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
+        "rows": rows,
+    }
+
+    def record(row: dict) -> None:  # saved as it comes, so a cut-short run keeps its rows
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+
+    for name in args.models.split(","):
+        for attention in ("nsa", "dense"):
+            model = random_model(MODELS[name], attention)
+            for batch in map(int, args.batches.split(",")):  # compile every kernel variant first
+                for graphs in (True, False):
+                    decode_row(model, name, attention, 2048, batch, 4, graphs)
+            for context in map(int, args.contexts.split(",")):
+                for batch in map(int, args.batches.split(",")):
+                    for graphs in (True, False):
+                        record(decode_row(model, name, attention, context, batch, args.new_tokens, graphs))
+                        torch.cuda.empty_cache()
+            if name == "llama-1b":
+                for context in map(int, args.prefill_contexts.split(",")):
+                    torch.cuda.reset_peak_memory_stats()
+                    chunk = args.prefill_chunk if attention == "nsa" else context
+                    record(prefill_row(model, name, attention, context, chunk))
+            del model
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""CUDA graphs for the target's fixed-shape steps: decode (T = 1) and uniform verification
+(T = γ+1 tokens for every sequence).
+
+A step's launches are recorded once per (batch bucket, T) and replayed; a batch is padded
+to its bucket with rows that write to the cache's scratch slot. Only device work is
+captured: the host reserves pages (`cache.step`) and copies the step's positions into the
+graph's static inputs before each replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from specsa.cache import PagedKVCache, StepBatch
+from specsa.model.decoder import CausalLM
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    token_ids: Tensor  # [bucket·T] static inputs …
+    batch: StepBatch  # … whose tensors are filled before each replay
+    logits: Tensor  # [bucket·T, V] static output
+
+
+class StepGraphs:
+    def __init__(self, model: CausalLM, cache: PagedKVCache):
+        if not model.lm_head.weight.is_cuda:
+            raise ValueError("CUDA graphs need the model on a CUDA device; run eagerly on the CPU.")
+        self.model, self.cache = model, cache
+        self.pool = torch.cuda.graph_pool_handle()
+        self.captured: dict[tuple[int, int], _Captured] = {}
+
+    def logits(self, token_ids: Tensor, slots: list[int], query_len: int) -> Tensor:
+        """Append query_len tokens to each sequence (token_ids [B·T]) and return the
+        logits [B·T, V], as model.logits(model(...)) would."""
+        num_seqs = len(slots)
+        captured = self.prepare(num_seqs, query_len)
+        step = self.cache.step(slots, [query_len] * num_seqs)
+        rows = num_seqs * query_len
+        captured.token_ids[:rows] = token_ids
+        for name in ("token_slots", "positions", "seq_slots", "seq_lens"):
+            getattr(captured.batch, name)[: len(getattr(step, name))] = getattr(step, name)
+        self._pad(captured.batch, num_seqs, query_len)
+        captured.graph.replay()
+        return captured.logits[:rows]
+
+    def prepare(self, num_seqs: int, query_len: int) -> _Captured:
+        """The graph for this step shape, captured now if it is not yet (a one-time cost
+        worth paying before a timed decode loop starts)."""
+        bucket = next((b for b in BATCH_BUCKETS if b >= num_seqs), None)
+        if bucket is None:
+            raise ValueError(f"A captured step takes at most {BATCH_BUCKETS[-1]} sequences, got {num_seqs}.")
+        return self.captured.get((bucket, query_len)) or self._capture(bucket, query_len)
+
+    def _pad(self, batch: StepBatch, num_seqs: int, query_len: int) -> None:
+        """Rows past the real sequences: a sequence of query_len tokens in the scratch slot."""
+        rows = num_seqs * query_len
+        batch.token_slots[rows:] = self.cache.scratch_slot
+        batch.positions[rows:] = torch.arange(query_len, device=batch.positions.device).repeat(len(batch.slots) - num_seqs)
+        batch.seq_slots[num_seqs:] = self.cache.scratch_slot
+        batch.seq_lens[num_seqs:] = query_len
+
+    def _capture(self, bucket: int, query_len: int) -> _Captured:
+        if query_len > self.cache.page_size:
+            raise ValueError(f"A captured step appends at most {self.cache.page_size} tokens per sequence.")
+        device = self.model.lm_head.weight.device
+        rows = bucket * query_len
+        batch = StepBatch(
+            [self.cache.scratch_slot] * bucket, [0] * bucket, [query_len] * bucket,
+            token_slots=torch.empty(rows, dtype=torch.long, device=device),
+            positions=torch.empty(rows, dtype=torch.long, device=device),
+            seq_slots=torch.empty(bucket, dtype=torch.int32, device=device),
+            seq_lens=torch.empty(bucket, dtype=torch.int32, device=device),
+        )  # fmt: skip
+        self._pad(batch, 0, query_len)
+        token_ids = torch.zeros(rows, dtype=torch.long, device=device)
+        side = torch.cuda.Stream()  # warm-up (Triton compiles) off the capturing stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.model.logits(self.model.run(token_ids, batch, self.cache))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = self.model.logits(self.model.run(token_ids, batch, self.cache))
+        captured = _Captured(graph, token_ids, batch, logits)
+        self.captured[(bucket, query_len)] = captured
+        return captured
