@@ -20,6 +20,8 @@ import time
 import torch
 import triton
 
+from timing import bench, copy_bandwidth, graphed
+
 from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
 from specsa.nsa.kernels.paged import nsa_paged
@@ -42,30 +44,6 @@ def step_bytes(cfg: NSAConfig, context: int, selected: torch.Tensor, kv_heads: i
             per_head_tokens.append(tokens + min(outside, window_tokens))
     cmp_tokens = cfg.num_cmp_tokens(context) * batch * kv_heads
     return 2 * 2 * dim * (sum(per_head_tokens) + cmp_tokens)  # K and V, bf16
-
-
-def copy_bandwidth() -> float:
-    x = torch.empty(2 * 1024**3 // 2, dtype=torch.bfloat16, device="cuda").normal_()
-    y = torch.empty_like(x)
-    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=200, return_mode="median")
-    return 2 * x.numel() * 2 / (ms * 1e-3)
-
-
-def bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
-def graphed(fn):
-    """fn captured in a CUDA graph: what a decode step costs without launch overhead."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:

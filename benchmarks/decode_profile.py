@@ -1,6 +1,7 @@
-"""Where a decode step's GPU time goes, kernel by kernel (torch.profiler), for one shape.
+"""Where a decode or verification step's GPU time goes, kernel by kernel (torch.profiler),
+for one shape: `--queries` T per sequence (1 = decode, γ+1 = verification).
 
-    python benchmarks/decode_profile.py --context 65536 --batch 1 --hq 32 --hkv 8 --d 128
+    python benchmarks/decode_profile.py --context 65536 --batch 1 --hq 32 --hkv 8 --d 128 --queries 8
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import torch
 
 from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
-from specsa.nsa.kernels.decode import nsa_decode_paged
+from specsa.nsa.kernels.paged import nsa_paged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in (("context", 65536), ("batch", 1), ("hq", 32), ("hkv", 8), ("d", 128), ("steps", 50)):
+    for name, default in (("context", 65536), ("batch", 1), ("hq", 32), ("hkv", 8), ("d", 128), ("queries", 1), ("steps", 50)):
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args()
     cfg = NSAConfig()
@@ -27,10 +28,10 @@ def main() -> None:
         cache.extend(cache.allocate(), args.context)
     for buffer in (cache.k_pages, cache.v_pages, cache.k_cmp, cache.v_cmp):
         buffer.normal_()
-    q = torch.randn(args.batch, args.hq, args.d, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(args.batch, args.queries, args.hq, args.d, device="cuda", dtype=torch.bfloat16)
     slots = torch.arange(args.batch, dtype=torch.int32, device="cuda")
     lens = torch.full((args.batch,), args.context, dtype=torch.int32, device="cuda")
-    call = lambda: nsa_decode_paged(q, cache.k_pages[0], cache.v_pages[0], cache.block_table, slots, lens,  # noqa: E731
+    call = lambda: nsa_paged(q, cache.k_pages[0], cache.v_pages[0], cache.block_table, slots, lens,  # noqa: E731
                                     cache.k_cmp[0], cache.v_cmp[0], cfg)  # fmt: skip
     for _ in range(10):
         call()
@@ -43,7 +44,7 @@ def main() -> None:
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[event.name] += event.device_time_total / args.steps
-    print(f"context {args.context} batch {args.batch} Hq {args.hq} Hkv {args.hkv} D {args.d}: µs per step")
+    print(f"context {args.context} batch {args.batch} queries {args.queries} Hq {args.hq} Hkv {args.hkv} D {args.d}: µs per step")
     for name, us in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
         print(f"  {us:8.2f}  {name[:90]}")
     print(f"  {sum(per_kernel.values()):8.2f}  total")

@@ -53,7 +53,7 @@ def decode_row(model, name, attention, context, batch, new_tokens, graphs) -> di
     decode_s = gens[0].decode_s
     return {"model": name, "attention": attention, "context": context, "batch": batch, "cuda_graphs": graphs,
             "new_tokens": new_tokens, "decode_s": decode_s, "tokens_per_s": batch * new_tokens / decode_s,
-            "ms_per_step": 1e3 * decode_s / new_tokens}  # fmt: skip
+            "ms_per_step": 1e3 * decode_s / new_tokens, "allocated_gb": torch.cuda.memory_allocated() / 1e9}  # fmt: skip
 
 
 def prefill_row(model, name, attention, context, chunk) -> dict:
@@ -73,6 +73,7 @@ def prefill_row(model, name, attention, context, chunk) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="llama-1b,smollm2-135m")
+    parser.add_argument("--attentions", default="nsa,dense")
     parser.add_argument("--contexts", default="16384,32768,65536")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -100,7 +101,7 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(result, indent=1))
 
     for name in args.models.split(","):
-        for attention in ("nsa", "dense"):
+        for attention in args.attentions.split(","):
             model = random_model(MODELS[name], attention)
             for batch in map(int, args.batches.split(",")):  # compile every kernel variant first
                 for graphs in (True, False):

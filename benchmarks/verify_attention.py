@@ -11,8 +11,9 @@ Two parts, each timed as CUDA-graph replays (`triton.testing.do_bench` medians):
      successive decode steps costs),
    with bandwidth over the union bytes (distinct selected + window pages, K and V).
 2. The whole `exact` step (compressed branch, selection, attention) for T queries against
-   one decode step and T decode steps, on random data (random weights: its overlap is not
-   a real model's; part 1 is where overlap is measured).
+   one decode step and T decode steps, on random keys with queries made alike to a chosen
+   degree (`--similarities`); the overlap their own selections reach is recorded beside
+   (random data: part 1's captured layouts are where real overlap is measured).
 
     python benchmarks/verify_attention.py --out benchmarks/results/h100/verify_attention.json
 """
@@ -27,35 +28,14 @@ from pathlib import Path
 import torch
 import triton
 
+from timing import bench, copy_bandwidth, graphed
+
 from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
 from specsa.nsa.kernels.paged import nsa_paged
-from specsa.nsa.layout import remap_layout, synthetic_layout
+from specsa.nsa.layout import pairwise_overlap, remap_layout, synthetic_layout
 
 CAPTURED = Path(__file__).parent / "results" / "cpu" / "layouts_smollm2.pt"
-
-
-def bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
-
-
-def graphed(fn):
-    """fn captured in a CUDA graph: the step's cost without launch overhead."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
-def copy_bandwidth() -> float:
-    x = torch.empty(1024**3, dtype=torch.bfloat16, device="cuda").normal_()
-    y = torch.empty_like(x)
-    return 2 * x.numel() * 2 / (bench(lambda: y.copy_(x)) * 1e-3)
 
 
 def union_pages(layout: torch.Tensor, context: int, cfg: NSAConfig) -> int:
@@ -74,7 +54,7 @@ def union_pages(layout: torch.Tensor, context: int, cfg: NSAConfig) -> int:
 class Setup:
     """A one-layer cache of `batch` random sequences of `context` tokens, and T queries."""
 
-    def __init__(self, cfg, hq, hkv, dim, context, batch, num_queries):
+    def __init__(self, cfg, hq, hkv, dim, context, batch, num_queries, similarity=0.0):
         self.cfg, self.num_queries = cfg, num_queries
         self.cache = PagedKVCache(num_layers=1, num_kv_heads=hkv, head_dim=dim, max_seqs=batch, max_len=context,
                                   page_size=cfg.sel_block, nsa=cfg, dtype=torch.bfloat16, device="cuda")  # fmt: skip
@@ -82,7 +62,11 @@ class Setup:
             self.cache.extend(self.cache.allocate(), context)
         for x in (self.cache.k_pages, self.cache.v_pages, self.cache.k_cmp, self.cache.v_cmp):
             x.normal_()
-        self.q = torch.randn(batch, num_queries, hq, dim, device="cuda", dtype=torch.bfloat16)
+        # Adjacent queries of a real model are alike; `similarity` s mixes one shared query
+        # into each: q_t = √s·q_shared + √(1-s)·noise_t (s = 0: independent queries).
+        shared = torch.randn(batch, 1, hq, dim, device="cuda")
+        noise = torch.randn(batch, num_queries, hq, dim, device="cuda")
+        self.q = (similarity**0.5 * shared + (1 - similarity) ** 0.5 * noise).to(torch.bfloat16)
         self.slots = torch.arange(batch, dtype=torch.int32, device="cuda")
         self.seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
         c = self.cache
@@ -131,6 +115,8 @@ def main() -> None:
     parser.add_argument("--contexts", default="16384,32768,65536")
     parser.add_argument("--dims", default="64,128")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--similarities", default="0,0.9,0.98", help="query similarity for the whole exact step")
+    parser.add_argument("--exact-only", action="store_true", help="only the whole-step part")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cfg, hq, hkv = NSAConfig(), 32, 8
@@ -146,15 +132,20 @@ def main() -> None:
                 decode_ms = bench(graphed(one.grouped()))
                 del one
                 for num_queries in map(int, args.queries.split(",")):
-                    setup = Setup(cfg, hq, hkv, dim, context, batch, num_queries)
                     base = {"d": dim, "context": context, "batch": batch, "queries": num_queries}
-                    full = dict(base, part="exact step", decode_1_ms=decode_ms,
-                                grouped_ms=bench(graphed(setup.grouped())),
-                                per_query_decode_ms=bench(graphed(setup.per_query_decode())))  # fmt: skip
-                    full["vs_one_decode"] = full["grouped_ms"] / decode_ms
-                    full["speedup_vs_per_query"] = full["per_query_decode_ms"] / full["grouped_ms"]
-                    rows.append(full)
-                    print(json.dumps(full), flush=True)
+                    for similarity in map(float, args.similarities.split(",")):
+                        setup = Setup(cfg, hq, hkv, dim, context, batch, num_queries, similarity)
+                        _, chosen = setup.grouped()()
+                        full = dict(base, part="exact step", similarity=similarity,
+                                    overlap=sum(pairwise_overlap(x) for x in chosen.long().cpu()) / batch,
+                                    decode_1_ms=decode_ms, grouped_ms=bench(graphed(setup.grouped())),
+                                    per_query_decode_ms=bench(graphed(setup.per_query_decode())))  # fmt: skip
+                        full["vs_one_decode"] = full["grouped_ms"] / decode_ms
+                        full["speedup_vs_per_query"] = full["per_query_decode_ms"] / full["grouped_ms"]
+                        rows.append(full)
+                        print(json.dumps(full), flush=True)
+                    if args.exact_only:
+                        continue
                     for name, layout in layouts_for(source, batch, num_queries, hkv, context, cfg, gen).items():
                         pages = union_pages(layout, context, cfg)
                         row = dict(base, part="attention", layout=name, union_pages=pages,

@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, field in NSA_FLAGS.items():
         gen.add_argument(flag, type=int, default=None, help=f"NSA {field} (dense checkpoints; default: NSA paper)")
     spec = gen.add_argument_group("speculative decoding")
-    spec.add_argument("--spec", default="off", choices=["off", "ngram", "self", "draft"], help="drafter (default: off)")
-    spec.add_argument("--num-speculative-tokens", type=int, default=4, help="K: tokens drafted per step")
+    spec.add_argument("--spec", default="auto", choices=["auto", "off", "ngram", "self", "draft"],
+                      help="drafter; auto (default) drafts by prompt lookup only when this GPU's measured "
+                           "step costs and the acceptance so far say it pays")  # fmt: skip
+    spec.add_argument("--num-speculative-tokens", type=int, default=4, help="K: tokens drafted per step (auto: at most)")
     spec.add_argument("--draft-model", default=None, help="model for --spec draft (same vocabulary as --model)")
     spec.add_argument("--ngram-min", type=int, default=1, help="shortest suffix --spec ngram looks up")
     spec.add_argument("--ngram-max", type=int, default=4, help="longest suffix --spec ngram looks up")
@@ -143,7 +145,7 @@ def make_drafter_factory(args, model, params, overrides, dtype, device, num_prom
     from specsa.spec.model_drafter import DraftModelDrafter, SelfDrafter
     from specsa.spec.ngram import NgramDrafter
 
-    if args.spec == "ngram":
+    if args.spec in ("ngram", "auto"):
         drafter = NgramDrafter(args.ngram_min, args.ngram_max)
         return lambda cache, generator: drafter
     if args.spec == "self":
@@ -154,6 +156,21 @@ def make_drafter_factory(args, model, params, overrides, dtype, device, num_prom
     return lambda cache, generator: DraftModelDrafter(
         draft, model, num_prompts, max_len, params, generator, prefill_chunk=args.prefill_chunk
     )
+
+
+def auto_planner(args, model, num_prompts: int, max_len: int):
+    """`--spec auto`: prompt lookup, γ chosen per step from this GPU's measured costs (a
+    profile, measured now if missing) or, without a GPU, the no-profile model (plain decoding)."""
+    from specsa.orchestrate.policy import AutoPlanner, linear_costs
+    from specsa.orchestrate.profile import context_bucket, load_or_measure, profile_path
+
+    k = args.num_speculative_tokens
+    if model.lm_head.weight.is_cuda:
+        costs = load_or_measure(model, [max_len], [num_prompts], k)[(context_bucket(max_len), num_prompts)]
+        source = str(profile_path(model))
+    else:
+        costs, source = linear_costs(k), "none on the CPU: a step of T tokens is taken to cost T decodes"
+    return AutoPlanner(costs, "ngram", k, costs_source=source)
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -181,18 +198,23 @@ def run_generate(args: argparse.Namespace) -> None:
     eos = set(model.config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
+    auto = None
     options = dict(prefill_chunk=args.prefill_chunk, cuda_graphs=False if args.enforce_eager else None, progress=True)
     if args.spec == "off":
         results = generate(model, prompt_ids, params, frozenset(eos), **options)
     else:
         max_len = max(map(len, prompt_ids)) + params.max_new_tokens + args.num_speculative_tokens
         factory = make_drafter_factory(args, model, params, overrides, dtype, device, len(prompt_ids), max_len)
-        results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens, **options)
+        planner = auto_planner(args, model, len(prompt_ids), max_len) if args.spec == "auto" else None
+        results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens,
+                                       planner=planner, **options)  # fmt: skip
+        if planner is not None:
+            auto = {"drafter": "ngram", "steps_by_gamma": planner.chosen, "costs": planner.costs_source}
     for result in results:
-        report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device)
+        report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device, auto)
 
 
-def report(args: argparse.Namespace, result, text: str, device) -> None:
+def report(args: argparse.Namespace, result, text: str, device, auto: dict | None) -> None:
     generated = len(result.token_ids)
     record = {
         "text": text,
@@ -207,6 +229,8 @@ def report(args: argparse.Namespace, result, text: str, device) -> None:
         "precision": args.precision,
     }
     stats = getattr(result, "stats", None)
+    if auto is not None:
+        record["auto"] = auto
     if stats is not None:
         record.update(
             num_speculative_tokens=stats.num_speculative_tokens,

@@ -132,7 +132,7 @@ def generate(
 
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
     if graphs is not None and active:
-        graphs.prepare(len(active), 1)
+        graphs.prepare_all(len(active), [1])
     start = synchronize(device)
 
     bar = tqdm(total=params.max_new_tokens, desc="decode", unit="tok", leave=False, disable=not progress or None)

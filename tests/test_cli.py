@@ -56,6 +56,10 @@ def test_plain_output_and_batch_from_files(capsys, tiny_llama, tmp_path):
         (["--prompt", "w1", "--spec", "self", "--attention", "dense"], "--attention nsa"),
         (["--prompt", "w1", "--spec", "self", "--self-draft-layers", "0-x"], "--self-draft-layers"),
         (["--prompt", "w1", "--spec", "self", "--self-draft-layers", "0-5"], "layers must lie"),
+        (["--prompt", "w1", "--precision", "reuse", "--attention", "dense"], "--attention nsa"),
+        (["--prompt", "w1", "--refresh-layers", "0,1"], "only used with --precision reuse"),
+        (["--prompt", "w1", "--precision", "reuse", "--refresh-layers", "0-9"], "must name layers 0 … 1"),
+        (["--prompt", "w1", "--precision", "shared", "--share-group", "0"], "share_group"),
     ],
 )
 def test_bad_input_is_a_clear_error(capsys, tiny_llama, argv, message):
@@ -108,3 +112,14 @@ def test_draft_model_with_another_vocabulary_is_refused(capsys, tiny_llama, tmp_
     code, _, err = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", "w1 w2", "--spec", "draft",
                        "--draft-model", str(other))  # fmt: skip
     assert code == 2 and "vocabulary" in err
+
+
+@pytest.mark.parametrize("precision", [["--precision", "shared", "--share-group", "2"],
+                                       ["--precision", "reuse", "--refresh-layers", "0-1:2"]])  # fmt: skip
+def test_approximate_precision_classes_run_and_are_reported(capsys, tiny_llama, precision):
+    prompt = " ".join(f"w{i % 50}" for i in range(70))
+    code, out, err = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", prompt, "--max-new-tokens", "6",
+                         "--json", "--spec", "ngram", *precision, *SPARSE_FLAGS)  # fmt: skip
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["precision"] == precision[1] and record["generated_tokens"] == 6

@@ -58,6 +58,15 @@ class StepGraphs:
             raise ValueError(f"A captured step takes at most {BATCH_BUCKETS[-1]} sequences, got {num_seqs}.")
         return self.captured.get((bucket, query_len)) or self._capture(bucket, query_len)
 
+    def prepare_all(self, num_seqs: int, query_lens) -> None:
+        """Every graph a loop starting with num_seqs sequences may replay (its batch shrinks
+        as requests finish), so none is captured while a timed loop runs."""
+        for bucket in BATCH_BUCKETS:
+            for query_len in query_lens:
+                self.prepare(bucket, query_len)
+            if bucket >= num_seqs:
+                break
+
     def _pad(self, batch: StepBatch, num_seqs: int, query_len: int) -> None:
         """Rows past the real sequences: a sequence of query_len tokens in the scratch slot."""
         rows = num_seqs * query_len

@@ -103,6 +103,7 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     causal = dict(is_causal=True) if t == s else dict(attn_mask=causal_lower_right(t, s))
-    out = nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                                     scale=scale, **causal)  # fmt: skip
-    return out.transpose(0, 1)
+    # [1, H, T, D]: SDPA's fused kernels need a batch dimension (3-D inputs fall back to math).
+    q, k, v = (x.transpose(0, 1)[None] for x in (q, k, v))
+    out = nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, **causal)
+    return out[0].transpose(0, 1)

@@ -68,12 +68,14 @@ def generate_speculative(
     *,
     prefill_chunk: int = 1024,
     cuda_graphs: bool | None = None,
+    planner=None,
     progress: bool = False,
 ) -> list[SpecGeneration]:
     """Like `generate`, but each target pass verifies up to K drafted tokens per sequence.
 
     `drafter_factory(cache, generator)` builds the drafter once the target's cache exists
-    (the self drafter works in it). Greedy output equals autoregressive greedy output;
+    (the self drafter works in it). `planner` (`orchestrate.policy.AutoPlanner`) picks the
+    draft length of every step, up to K; without it every step drafts K. Greedy output equals autoregressive greedy output;
     sampled output has the target's distribution.
     """
     if num_speculative_tokens < 1:
@@ -90,14 +92,15 @@ def generate_speculative(
     graphs = step_graphs(model, cache, cuda_graphs)
 
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
-    if graphs is not None and active:
-        graphs.prepare(len(active), k + 1)
+    if graphs is not None and active:  # every step shape the loop can take, before the timer
+        graphs.prepare_all(len(active), range(1, k + 2))
     start = synchronize(device)
 
     bar = tqdm(total=params.max_new_tokens * len(prompts), desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:
         contexts = [gens[i].prompt_ids + gens[i].token_ids for i in active]
-        budgets = [min(k, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
+        step_k = k if planner is None else planner.gamma()  # `auto`: chosen per step, 0 = plain decoding
+        budgets = [min(step_k, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
         t0 = synchronize(device)
         proposal = drafter.propose([slots[i] for i in active], contexts, budgets)
         t1 = synchronize(device)
@@ -110,13 +113,13 @@ def generate_speculative(
             draft_probs = torch.nn.functional.one_hot(draft_tokens, vocab).float()
         else:
             draft_probs = proposal.probs[:, :width]
-        # Verify: each sequence feeds its last committed token and its drafts.
-        feed = [[context[-1]] + drafts for context, drafts in zip(contexts, proposal.tokens)]
+        # Verify: each sequence feeds its last committed token and its drafts, padded to one
+        # length so the step has one shape (a CUDA graph); padding is never accepted.
+        feed = [[context[-1]] + drafts + [0] * (width - len(drafts)) for context, drafts in zip(contexts, proposal.tokens)]
         lengths_before = [cache.lengths[slots[i]] for i in active]
         feed_ids = torch.tensor(sum(feed, []), device=device)
         logits = step_logits(model, cache, graphs, feed_ids, [slots[i] for i in active], [len(f) for f in feed])
-        rows = torch.split(target_probabilities(logits, params), [len(f) for f in feed])
-        target_probs = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width + 1 - len(r))) for r in rows])
+        target_probs = target_probabilities(logits, params).view(len(feed), width + 1, -1)
         accepted, next_token = rejection_sample(
             draft_tokens, draft_probs, target_probs, torch.tensor(num_drafts, device=device), generator
         )
@@ -130,6 +133,8 @@ def generate_speculative(
             cache.truncate(slots[i], lengths_before[row] + 1 + num_accepted)
             stats = gens[i].stats
             stats.record(num_drafts[row], num_accepted, len(committed))
+            if planner is not None:
+                planner.observe(num_drafts[row], num_accepted)
             stats.draft_s += t1 - t0
             stats.verify_s += t2 - t1
             if not any(gens[i].add(token, params, eos_ids) for token in committed):

@@ -153,7 +153,7 @@ def dense_paged(
 
 def _attend_union(
     q, k_pages, v_pages, block_table, slots, seq_lens, selected, *, window, merged, scale, query_group, splits,
-    gates=None, cmp_parts=(None, None, 1),
+    gates=None, cmp_parts=(None, None, 1), num_stages=2,
 ) -> Tensor:  # fmt: skip
     """The grouped selected + window attention, then the merge (and the gated combination)."""
     batch, num_queries, num_q_heads, head_dim = q.shape
@@ -175,7 +175,7 @@ def _attend_union(
         block_table.stride(0), scale,
         WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), SPLITS=splits, MERGED=merged,
         QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
-        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page,
+        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=8, NUM_STAGES=num_stages,
     )  # fmt: skip
 
     cmp_part_o, cmp_part_ml, cmp_splits = cmp_parts

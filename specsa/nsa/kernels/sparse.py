@@ -53,6 +53,8 @@ def _sparse_attention_kernel(
     ROWS: tl.constexpr,  # max(16, QUERY_GROUP_PAD·G_PAD)
     D: tl.constexpr,
     PAGE: tl.constexpr,
+    ITEM_CHUNK: tl.constexpr,  # pages resolved together
+    NUM_STAGES: tl.constexpr,  # software pipelining depth of the page loop
 ):
     num_groups = tl.cdiv(num_queries, QUERY_GROUP)
     i_b, i_group = tl.program_id(0) // num_groups, tl.program_id(0) % num_groups
@@ -102,21 +104,33 @@ def _sparse_attention_kernel(
     b_l1 = tl.zeros([ROWS], tl.float32)
     b_acc1 = tl.zeros([ROWS, D], tl.float32)
     o_t = tl.arange(0, PAGE)
-    for item in range(i_split, num_union + num_window_blocks, SPLITS):
-        # Union entries first, then the window blocks no query of the group selected.
+    # This program's items are i_split, i_split + SPLITS, …: union entries first, then the
+    # window blocks no query of the group selected. They are resolved to pages a chunk at a
+    # time, so the loop below loads K/V at addresses already in registers.
+    o_c = tl.arange(0, ITEM_CHUNK)
+    num_items = tl.cdiv(tl.maximum(num_union + num_window_blocks - i_split, 0), SPLITS)
+    for chunk in range(0, num_items, ITEM_CHUNK):
+        item = i_split + (chunk + o_c) * SPLITS  # [ITEM_CHUNK]
         in_union = item < num_union
-        union_block = tl.sum(tl.where(kept & (order == item), b_union, 0))
-        block = tl.where(in_union, union_block, first_window_block + item - num_union)
-        if in_union | (tl.sum((b_union == block).to(tl.int32)) == 0):
-            page = tl.load(block_table_ptr + slot * stride_bt + block)
-            p_kv = page * stride_pp + o_t[:, None] * stride_pt + i_h * stride_ph + o_d[None, :]
-            b_k = tl.load(k_pages_ptr + p_kv)  # [PAGE, D]
-            b_v = tl.load(v_pages_ptr + p_kv)
+        union_block = tl.sum(tl.where(kept[None, :] & (order[None, :] == item[:, None]), b_union[None, :], 0), 1)
+        window_block = first_window_block + item - num_union
+        block = tl.where(in_union, union_block, window_block)  # [ITEM_CHUNK]
+        in_any = tl.sum((b_union[None, :] == window_block[:, None]).to(tl.int32), 1) > 0
+        needed = (chunk + o_c < num_items) & (in_union | ~in_any)
+        pages = tl.load(block_table_ptr + slot * stride_bt + block, mask=needed, other=-1)
+        # Straight-line body (masks, no branch) so Triton can pipeline the page loads.
+        for j in tl.range(0, tl.minimum(ITEM_CHUNK, num_items - chunk), num_stages=NUM_STAGES):
+            page = tl.sum(tl.where(o_c == j, pages, 0))
+            valid = page >= 0  # an item some other query group entry already covers is skipped
+            block_j = tl.sum(tl.where(o_c == j, block, 0))
+            p_kv = tl.maximum(page, 0) * stride_pp + o_t[:, None] * stride_pt + i_h * stride_ph + o_d[None, :]
+            b_k = tl.load(k_pages_ptr + p_kv, mask=valid, other=0.0)  # [PAGE, D]
+            b_v = tl.load(v_pages_ptr + p_kv, mask=valid, other=0.0)
             b_s = tl.dot(b_q, tl.trans(b_k)) * scale  # [ROWS, PAGE]
-            token = block * PAGE + o_t  # [PAGE] positions
-            causal = token[None, :] <= position[:, None]  # [ROWS, PAGE]
+            token = block_j * PAGE + o_t  # [PAGE] positions
+            causal = (token[None, :] <= position[:, None]) & valid  # [ROWS, PAGE]
             in_window = token[None, :] > position[:, None] - WINDOW
-            row_selected = (tl.sum((b_row_sel == block).to(tl.int32), 1) > 0)[:, None]  # [ROWS, 1]
+            row_selected = (tl.sum((b_row_sel == block_j).to(tl.int32), 1) > 0)[:, None]  # [ROWS, 1]
             if MERGED:
                 b_s0 = tl.where(causal & (row_selected | in_window), b_s, float("-inf"))
                 b_m0, b_l0, b_acc0 = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)

@@ -1,0 +1,126 @@
+"""End-to-end speculative decoding vs autoregressive NSA on the GPU, for a 1B-class Llama
+with RANDOM weights and an ORACLE drafter.
+
+Random weights make real drafters' acceptance meaningless, so drafts come from the
+target's own greedy continuation (recorded by the autoregressive run), each position
+right with the acceptance rates by position measured on SmolLM2 (`ngram` on the
+repeat-this-code prompt: 0.50 / 0.40 / 0.40 / 0.46, later positions as the last), or a
+flat rate. The oracle costs no draft time, like a prompt-lookup drafter with an index:
+these figures are the verification side's, labelled "oracle" everywhere.
+
+`auto` is `--spec auto`'s planner with this point's measured step costs (a profile taken
+in the run) and the acceptance it learns as it goes. Every strategy's tokens are compared with the autoregressive tokens (`token_match`, up to
+the first difference; greedy `exact` differs only by bf16 rounding of near-ties).
+Throughput = generated tokens / decode wall time; CUDA graphs on; prefill apart.
+
+    python benchmarks/e2e_spec.py --out benchmarks/results/h100/e2e_spec.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import triton
+from e2e_decode import MODELS, random_model
+
+from specsa.config import NSAConfig
+from specsa.generate import generate
+from specsa.orchestrate.policy import AutoPlanner, StepCosts, choose
+from specsa.orchestrate.profile import measure_step_costs
+from specsa.sampling import SamplingParams
+from specsa.spec.engine import generate_speculative
+from specsa.spec.oracle import OracleDrafter
+
+RATES = {"oracle@smollm2-ngram": [0.50, 0.40, 0.40, 0.46], "oracle@0.8": [0.8]}
+
+
+def token_match(results, reference: list[list[int]]) -> float:
+    """Fraction of generated tokens equal to the autoregressive run's, up to the first
+    difference per sequence (bf16 verification of several tokens may round a near-tie
+    differently from one-token decoding; 1.0 = identical)."""
+    matched = 0
+    for result, expected in zip(results, reference):
+        for got, want in zip(result.token_ids, expected):
+            if got != want:
+                break
+            matched += 1
+    return matched / sum(map(len, reference))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llama-1b")
+    parser.add_argument("--contexts", default="16384,32768,65536")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--gammas", default="2,4,8")
+    parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = []
+    result = {
+        "benchmark": "e2e_spec", "weights": "random", "drafter": "ORACLE (target's own continuation at set rates)",
+        "rates": RATES, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "date": time.strftime("%Y-%m-%d"), "nsa": {k: getattr(v, "value", v) for k, v in vars(NSAConfig()).items()},
+        "command": "python benchmarks/e2e_spec.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
+        "rows": rows,
+    }  # fmt: skip
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+
+    nsa_model, dense_model = random_model(MODELS[args.model], "nsa"), random_model(MODELS[args.model], "dense")
+    vocab = nsa_model.config.vocab_size
+    params = SamplingParams(max_new_tokens=args.new_tokens)
+    warm = [torch.randint(0, vocab, (2048,)).tolist()]  # compile every kernel variant once
+    warm_params = SamplingParams(max_new_tokens=12)
+    warm_reference = [g.token_ids for g in generate(nsa_model, warm, warm_params, frozenset())]
+    generate(dense_model, warm, warm_params, frozenset())
+    for gamma in map(int, args.gammas.split(",")):
+        generate_speculative(nsa_model, warm, warm_params, frozenset(),
+                             lambda cache, g: OracleDrafter(warm, warm_reference, [0.5], vocab), gamma)  # fmt: skip
+    for context in map(int, args.contexts.split(",")):
+        for batch in map(int, args.batches.split(",")):
+            prompts = [torch.randint(0, vocab, (context,), generator=torch.Generator().manual_seed(b)).tolist()
+                       for b in range(batch)]  # fmt: skip
+            base = {"model": args.model, "context": context, "batch": batch, "new_tokens": args.new_tokens}
+            ar = generate(nsa_model, prompts, params, frozenset())
+            reference = [g.token_ids for g in ar]
+            ar_tps = batch * args.new_tokens / ar[0].decode_s
+            record(dict(base, strategy="ar-nsa", tokens_per_s=ar_tps, speedup_vs_ar_nsa=1.0))
+            dense = generate(dense_model, prompts, params, frozenset(), prefill_chunk=context)
+            record(dict(base, strategy="ar-dense", tokens_per_s=batch * args.new_tokens / dense[0].decode_s,
+                        speedup_vs_ar_nsa=ar[0].decode_s / dense[0].decode_s))  # fmt: skip
+            max_gamma = max(map(int, args.gammas.split(",")))
+            measured = measure_step_costs(nsa_model, context, batch, max_gamma)
+            costs = StepCosts(measured.target_ms, {"oracle": 0.0})  # the oracle drafts for free
+            record(dict(base, strategy="profile", target_ms=measured.target_ms))
+            for name, rates in RATES.items():
+                planner = AutoPlanner(costs, "oracle", max_gamma)
+                factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=0)  # noqa: E731
+                spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, max_gamma, planner=planner)
+                record(dict(base, strategy=f"{name} auto", steps_by_gamma=planner.chosen,
+                            policy_choice_at_true_rates=choose(costs, {"oracle": rates}, max_gamma).gamma,
+                            tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
+                            speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,
+                            acceptance_length=sum(s.stats.acceptance_length for s in spec) / batch,
+                            token_match=token_match(spec, reference)))  # fmt: skip
+                for gamma in map(int, args.gammas.split(",")):
+                    factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=gamma)  # noqa: E731
+                    spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, gamma)
+                    record(dict(base, strategy=f"{name} γ={gamma}", gamma=gamma,
+                                tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
+                                speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,
+                                acceptance_length=sum(s.stats.acceptance_length for s in spec) / batch,
+                                token_match=token_match(spec, reference)))  # fmt: skip
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

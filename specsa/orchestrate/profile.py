@@ -1,0 +1,97 @@
+"""Step costs measured on this GPU for this model, saved as JSON and reused.
+
+A profile maps (context bucket, batch) to the time of a target step appending T tokens
+per sequence (T = 1 decode, T = γ+1 verification; CUDA-graph replays, as decoding runs
+them) and each drafter's time per drafted token. The file is keyed by GPU, model shape,
+NSA settings, precision and library versions, so a stale profile is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import triton
+from tqdm import tqdm
+
+from specsa.model.decoder import CausalLM
+from specsa.model.graphs import StepGraphs
+from specsa.orchestrate.policy import StepCosts
+from specsa.spec.ngram import NgramDrafter
+
+
+def context_bucket(length: int) -> int:
+    """Costs are measured at powers of two from 4K; a context uses the bucket above it."""
+    return max(4096, 1 << (max(length, 1) - 1).bit_length())
+
+
+def profile_path(model: CausalLM) -> Path:
+    identity = json.dumps({
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "model": repr(model.config), "nsa": repr(model.nsa), "precision": repr(model.precision),
+        "dtype": str(model.lm_head.weight.dtype), "torch": torch.__version__, "triton": triton.__version__,
+    }, sort_keys=True)  # fmt: skip
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("SPECSA_CACHE", Path.home() / ".cache" / "specsa"))
+    return root / "profiles" / f"{digest}.json"
+
+
+def _timed_ms(fn, repeats: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - start) / repeats
+
+
+def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int, repeats: int = 10) -> StepCosts:
+    """Target steps of T = 1 … max_gamma+1 tokens per sequence after `context` tokens
+    (the cache's contents do not change the cost), and prompt lookup on such a context."""
+    cache = model.new_cache(batch, context + max_gamma + 1)
+    slots = [cache.allocate() for _ in range(batch)]
+    for slot in slots:
+        cache.extend(slot, context)
+    graphs = StepGraphs(model, cache)
+    target_ms = {}
+    for query_len in range(1, max_gamma + 2):
+        ids = torch.zeros(batch * query_len, dtype=torch.long, device=cache.block_table.device)
+
+        def step():
+            graphs.logits(ids, slots, query_len)
+            for slot in slots:
+                cache.truncate(slot, context)
+
+        target_ms[query_len] = _timed_ms(step, repeats)
+    text = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
+    lookup = NgramDrafter()
+    start = time.perf_counter()
+    lookup.propose(slots, [text] * batch, [max_gamma] * batch)
+    draft_ms = {"ngram": 1e3 * (time.perf_counter() - start) / max_gamma}
+    return StepCosts(target_ms, draft_ms)
+
+
+def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], max_gamma: int,
+                    progress: bool = True) -> dict[tuple[int, int], StepCosts]:  # fmt: skip
+    """The profile for these (context bucket, batch) points, measuring only what the saved
+    file lacks (or measured for a shorter draft)."""
+    path = profile_path(model)
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    points = sorted({(context_bucket(c), b) for c in contexts for b in batches})
+    missing = [p for p in points if f"{p[0]}:{p[1]}" not in saved
+               or len(saved[f"{p[0]}:{p[1]}"]["target_ms"]) < max_gamma + 1]  # fmt: skip
+    for context, batch in tqdm(missing, desc="profile", unit="point", disable=not progress or not missing):
+        costs = measure_step_costs(model, context, batch, max_gamma)
+        saved[f"{context}:{batch}"] = {"target_ms": costs.target_ms, "draft_ms_per_token": costs.draft_ms_per_token}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(saved, indent=1))
+    return {
+        p: StepCosts({int(t): ms for t, ms in saved[f"{p[0]}:{p[1]}"]["target_ms"].items()},
+                     saved[f"{p[0]}:{p[1]}"]["draft_ms_per_token"])  # fmt: skip
+        for p in points
+    }

@@ -1,0 +1,47 @@
+"""An ORACLE drafter for benchmarks: it proposes the target's own greedy continuation
+(known from an earlier autoregressive run), each drafted position right with a set
+probability. It measures what verification costs at a given acceptance on models whose
+real acceptance is meaningless (random weights); its figures must say "oracle".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specsa.spec.drafter import Proposal
+
+
+class OracleDrafter:
+    def __init__(self, prompts: list[list[int]], continuations: list[list[int]], acceptance: list[float],
+                 vocab_size: int, seed: int = 0):  # fmt: skip
+        """acceptance[k]: probability that draft position k is right (independently of the
+        others), e.g. the acceptance rates by position measured for a real drafter."""
+        if not acceptance or not all(0.0 <= a <= 1.0 for a in acceptance):
+            raise ValueError(f"acceptance must be probabilities, one per draft position; got {acceptance}.")
+        self.references = [(p, c) for p, c in zip(prompts, continuations)]
+        self.acceptance, self.vocab_size = acceptance, vocab_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def continuation_of(self, context: list[int]) -> list[int]:
+        """What the reference continuation of this sequence's prompt holds after the tokens
+        committed so far. (If rounding made the target leave its reference, the oracle's
+        drafts are simply wrong from there on; benchmarks report the tokens that match.)"""
+        for prompt, continuation in self.references:
+            tail = prompt[-16:]  # enough to tell prompts apart without comparing them whole
+            if len(context) >= len(prompt) and context[len(prompt) - len(tail) : len(prompt)] == tail:
+                return continuation[len(context) - len(prompt) :]
+        raise ValueError("The oracle drafter has no reference continuation for this sequence's prompt.")
+
+    def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
+        drafts = []
+        for context, k in zip(contexts, num_tokens):
+            tokens = self.continuation_of(context)[:k]
+            for i, token in enumerate(tokens):
+                rate = self.acceptance[min(i, len(self.acceptance) - 1)]
+                if torch.rand((), generator=self.generator) >= rate:  # a wrong token: some other one
+                    tokens[i] = (token + 1 + int(torch.randint(self.vocab_size - 1, (), generator=self.generator))) % self.vocab_size
+            drafts.append(tokens)
+        return Proposal(drafts, None)
+
+    def release(self, slot: int) -> None:
+        pass

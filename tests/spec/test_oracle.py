@@ -1,0 +1,40 @@
+"""The oracle drafter: right tokens at the set rate by position, lossless through the engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from specsa.generate import generate
+from specsa.model.loader import load_model
+from specsa.sampling import SamplingParams
+from specsa.spec.engine import generate_speculative
+from specsa.spec.oracle import OracleDrafter
+
+
+def test_acceptance_by_position_follows_the_set_rates():
+    prompt, continuation = [1, 2, 3], list(range(10, 40))
+    oracle = OracleDrafter([prompt], [continuation], [0.9, 0.5, 0.1], vocab_size=100, seed=1)
+    right = [0, 0, 0]
+    for _ in range(2000):
+        drafts = oracle.propose([0], [prompt + continuation[:5]], [3]).tokens[0]
+        for i, token in enumerate(drafts):
+            right[i] += token == continuation[5 + i]
+    assert [round(r / 2000, 1) for r in right] == [0.9, 0.5, 0.1]
+
+
+def test_unknown_sequence_and_bad_rates_are_clear_errors():
+    with pytest.raises(ValueError, match="probabilities"):
+        OracleDrafter([[1]], [[2]], [1.5], vocab_size=10)
+    with pytest.raises(ValueError, match="no reference continuation"):
+        OracleDrafter([[1]], [[2, 3]], [1.0], vocab_size=10).propose([0], [[4, 9]], [1])
+
+
+def test_oracle_speculation_is_lossless_and_accepts_at_its_rate(tiny_llama):
+    model = load_model(str(tiny_llama))
+    prompts = [[5, 6, 7, 8] * 5, [9, 10, 11] * 4]
+    params = SamplingParams(max_new_tokens=20)
+    reference = [g.token_ids for g in generate(model, prompts, params, frozenset())]
+    factory = lambda cache, gen: OracleDrafter(prompts, reference, [1.0], vocab_size=model.config.vocab_size)  # noqa: E731
+    results = generate_speculative(model, prompts, params, frozenset(), factory, 4)
+    assert [r.token_ids for r in results] == reference
+    assert all(r.stats.acceptance_length == pytest.approx(5.0, abs=1.0) for r in results)

@@ -1,0 +1,109 @@
+"""The orchestration policy on synthetic profiles: it maximises goodput, falls back to
+autoregressive decoding when speculation does not pay, and learns acceptance."""
+
+from __future__ import annotations
+
+import pytest
+
+from specsa.orchestrate.policy import AcceptanceTracker, AutoPlanner, StepCosts, choose, expected_committed
+
+# A GPU at batch 1: verifying up to 9 tokens costs little more than one decode step.
+FLAT = StepCosts({1: 3.0, 2: 3.1, 3: 3.2, 5: 3.4, 9: 4.0}, {"ngram": 0.01, "self": 0.8})
+
+
+def test_expected_committed():
+    assert expected_committed([1.0], 4) == 5.0
+    assert expected_committed([0.5], 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_committed([0.5, 0.0], 3) == 1.5
+    assert expected_committed([], 3) == 1.0
+
+
+def test_picks_the_cheaper_strategy_per_committed_token():
+    choice = choose(FLAT, {"ngram": [0.8], "self": [0.9]}, max_gamma=8)
+    assert (choice.drafter, choice.gamma) == ("ngram", 8)  # self's draft cost outweighs its better rate
+    # with a free self drafter, its higher acceptance wins
+    free = StepCosts(FLAT.target_ms, {"ngram": 0.01, "self": 0.0})
+    assert choose(free, {"ngram": [0.8], "self": [0.9]}, max_gamma=8).drafter == "self"
+
+
+def test_falls_back_to_autoregressive_when_acceptance_is_low():
+    choice = choose(FLAT, {"ngram": [0.02]}, max_gamma=8)
+    assert (choice.drafter, choice.gamma) == (None, 0)
+    assert choice.tokens_per_ms == pytest.approx(1 / 3.0)
+
+
+def test_expensive_verification_shortens_the_draft():
+    # a GPU at large batch: every extra verified token costs almost a decode step
+    steep = StepCosts({1: 3.0, 2: 5.5, 3: 8.0, 5: 13.0, 9: 23.0}, {"ngram": 0.0})
+    assert choose(steep, {"ngram": [0.9]}, max_gamma=8).gamma == 1
+
+
+def test_only_the_drafters_given_are_considered():
+    """The caller passes only strategies inside the user's precision class."""
+    assert choose(FLAT, {}, max_gamma=8).drafter is None
+
+
+def test_tracker_learns_rates_by_position():
+    tracker = AcceptanceTracker(max_gamma=3, prior=0.5, decay=0.5)
+    for _ in range(20):
+        tracker.observe(num_drafted=3, num_accepted=1)  # position 0 accepted, 1 rejected, 2 not reached
+    assert tracker.rates[0] == pytest.approx(1.0, abs=1e-4)
+    assert tracker.rates[1] == pytest.approx(0.0, abs=1e-4)
+    assert tracker.rates[2] == 0.5
+
+
+def test_auto_planner_speculates_where_it_pays_and_stays_lossless(tiny_llama):
+    """Engine + planner on a repetitive prompt: with flat (GPU-like) costs it drafts, with
+    the no-profile costs it decodes plainly; both give the autoregressive tokens."""
+    import torch
+
+    from specsa.generate import generate
+    from specsa.model.loader import load_model
+    from specsa.orchestrate.policy import AutoPlanner, linear_costs
+    from specsa.sampling import SamplingParams
+    from specsa.spec.engine import generate_speculative
+    from specsa.spec.ngram import NgramDrafter
+
+    model = load_model(str(tiny_llama))
+    motif = torch.randint(2, 128, (9,), generator=torch.Generator().manual_seed(3)).tolist()
+    prompts = [motif * 6]
+    params = SamplingParams(max_new_tokens=24)
+    expected = [g.token_ids for g in generate(model, prompts, params, frozenset())]
+    flat = StepCosts({t: 1.0 + 0.01 * t for t in range(1, 6)}, {"ngram": 0.0})
+    for costs, speculates in ((flat, True), (linear_costs(4), False)):
+        planner = AutoPlanner(costs, "ngram", 4)
+        results = generate_speculative(model, prompts, params, frozenset(), lambda c, g: NgramDrafter(1, 3), 4,
+                                       planner=planner)  # fmt: skip
+        assert [r.token_ids for r in results] == expected
+        assert (sum(n for gamma, n in planner.chosen.items() if gamma > 0) > 0) == speculates
+
+
+def test_auto_planner_probes_after_a_run_of_plain_steps():
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(30):
+        planner.observe(num_drafted=8, num_accepted=0)  # acceptance collapses: plain decoding wins
+    gammas = [planner.gamma() for _ in range(2 * AutoPlanner.probe_every)]
+    assert gammas.count(1) == 2 and set(gammas) == {0, 1}
+
+
+def test_profiles_are_saved_and_reused(tiny_llama, tmp_path, monkeypatch):
+    """A re-run measures only the points the saved profile lacks."""
+    from specsa.model.loader import load_model
+    from specsa.orchestrate import profile
+
+    monkeypatch.setenv("SPECSA_CACHE", str(tmp_path))
+    measured = []
+
+    def fake_measure(model, context, batch, max_gamma):
+        measured.append((context, batch))
+        return StepCosts({t: float(t) for t in range(1, max_gamma + 2)}, {"ngram": 0.1})
+
+    monkeypatch.setattr(profile, "measure_step_costs", fake_measure)
+    model = load_model(str(tiny_llama))
+    first = profile.load_or_measure(model, [3000, 9000], [1], max_gamma=4, progress=False)
+    assert sorted(measured) == [(4096, 1), (16384, 1)] and first[(4096, 1)].target_ms[5] == 5.0
+    profile.load_or_measure(model, [4000], [1], max_gamma=4, progress=False)
+    assert len(measured) == 2  # reused
+    profile.load_or_measure(model, [4000], [1], max_gamma=8, progress=False)
+    assert measured[-1] == (4096, 1)  # a longer draft needs more step sizes: measured again
+    assert profile.context_bucket(1) == 4096 and profile.context_bucket(4097) == 8192
