@@ -1,4 +1,5 @@
-"""`specsa generate`: text from a model with NSA attention, on the CPU or a GPU."""
+"""`specsa generate`: text from a model with NSA attention, on the CPU or a GPU;
+`specsa profile`: this GPU's step costs, which `--spec auto` decides with."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specsa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate text from a prompt")
-    gen.add_argument("--model", default=DEFAULT_MODEL, help="known name, checkpoint directory or .gguf file")
     gen.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for a batch")
     gen.add_argument("--prompt-file", action="append", default=[], help="file holding one prompt; '-' for stdin")
     gen.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                     help="default: bfloat16 on CUDA, float32 on the CPU")  # fmt: skip
-    gen.add_argument("--attention", default="nsa", choices=["nsa", "dense"])
-    for flag, field in NSA_FLAGS.items():
-        gen.add_argument(flag, type=int, default=None, help=f"NSA {field} (dense checkpoints; default: NSA paper)")
+    add_model_arguments(gen)
     spec = gen.add_argument_group("speculative decoding")
     spec.add_argument("--spec", default="auto", choices=["auto", "off", "ngram", "self", "draft"],
                       help="drafter; auto (default) drafts by prompt lookup only when this GPU's measured "
@@ -48,15 +43,66 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--self-draft-selected", type=int, default=4, help="n of the self drafter's NSA")
     spec.add_argument("--self-draft-window", type=int, default=64, help="w of the self drafter's NSA")
     spec.add_argument("--self-draft-layers", default=None, help="layers the self drafter runs, e.g. 0-11,20")
-    spec.add_argument("--precision", default="exact", choices=["exact", "shared", "reuse"],
-                      help="what verification may change vs autoregressive NSA (default: exact, lossless)")  # fmt: skip
-    spec.add_argument("--share-group", type=int, default=4, help="C: adjacent verifier queries sharing a selection (shared)")
-    spec.add_argument("--refresh-layers", default=None,
-                      help="layers that compute a selection under --precision reuse, e.g. 0-29:4 (default: every 4th)")  # fmt: skip
     gen.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per prefill pass")
     gen.add_argument("--enforce-eager", action="store_true", help="run decode and verify steps without CUDA graphs")
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+
+    prof = commands.add_parser("profile", help="measure this GPU's step costs for --spec auto (saved, reused)")
+    add_model_arguments(prof)
+    prof.add_argument("--contexts", default="4096,16384,65536", help="context lengths (rounded up to powers of two)")
+    prof.add_argument("--batches", default="1,8")
+    prof.add_argument("--num-speculative-tokens", type=int, default=4, help="longest draft to measure")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The target model and its attention: the same for generating and for profiling."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="known name, checkpoint directory or .gguf file")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on CUDA, float32 on the CPU")  # fmt: skip
+    parser.add_argument("--attention", default="nsa", choices=["nsa", "dense"])
+    for flag, field in NSA_FLAGS.items():
+        parser.add_argument(flag, type=int, default=None, help=f"NSA {field} (dense checkpoints; default: NSA paper)")
+    parser.add_argument("--precision", default="exact", choices=["exact", "shared", "reuse"],
+                        help="what verification may change vs autoregressive NSA (default: exact, lossless)")  # fmt: skip
+    parser.add_argument("--share-group", type=int, default=4, help="C: adjacent verifier queries sharing a selection (shared)")
+    parser.add_argument("--refresh-layers", default=None,
+                        help="layers that compute a selection under --precision reuse, e.g. 0-29:4 (default: every 4th)")  # fmt: skip
+
+
+def load_target(args: argparse.Namespace):
+    """(model, NSA overrides, dtype, device) from the model arguments."""
+    import torch
+
+    from specsa.model.loader import load_model
+
+    device = pick_device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field in NSA_FLAGS.items()}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    model = load_model(args.model, attention=args.attention, nsa_overrides=overrides, dtype=dtype, device=device)
+    model.precision = precision_from(args, model.config.num_layers)
+    return model, overrides, dtype, device
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    from specsa.orchestrate.profile import load_or_measure, profile_path
+
+    try:
+        contexts = [int(c) for c in args.contexts.split(",")]
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        raise ValueError("--contexts and --batches take comma-separated numbers, e.g. 4096,16384.") from None
+    if args.num_speculative_tokens < 1:
+        raise ValueError(f"--num-speculative-tokens must be at least 1, got {args.num_speculative_tokens}.")
+    model, *_ = load_target(args)
+    if not model.lm_head.weight.is_cuda:
+        raise ValueError("Profiles measure GPU step costs: run `specsa profile` on a CUDA device.")
+    for (context, batch), costs in load_or_measure(model, contexts, batches, args.num_speculative_tokens).items():
+        steps = "  ".join(f"T={t}: {ms:.2f}" for t, ms in sorted(costs.target_ms.items()))
+        print(f"context {context:>7} batch {batch:>3}  ms per step  {steps}")
+    print(f"saved to {profile_path(model)}")
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -174,24 +220,17 @@ def auto_planner(args, model, num_prompts: int, max_len: int):
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    import torch
-
     from specsa.generate import generate
-    from specsa.model.loader import load_model, load_tokenizer
+    from specsa.model.loader import load_tokenizer
     from specsa.sampling import SamplingParams
     from specsa.spec.engine import generate_speculative
 
     prompts = read_prompts(args)
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     check_spec_args(args)
-    device = pick_device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field in NSA_FLAGS.items()}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.prefill_chunk < 1:
         raise ValueError(f"--prefill-chunk must be at least 1, got {args.prefill_chunk}.")
-    model = load_model(args.model, attention=args.attention, nsa_overrides=overrides, dtype=dtype, device=device)
-    model.precision = precision_from(args, model.config.num_layers)
+    model, overrides, dtype, device = load_target(args)
     tokenizer = load_tokenizer(args.model)
 
     prompt_ids = [encode(tokenizer, p, not args.no_chat_template) for p in prompts]
@@ -256,7 +295,7 @@ def report(args: argparse.Namespace, result, text: str, device, auto: dict | Non
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run_generate(args)
+        (run_profile if args.command == "profile" else run_generate)(args)
     except (ValueError, ModelLoadError) as error:  # CacheFullError is a RuntimeError: a bug, not input
         print(f"specsa: error: {error}", file=sys.stderr)
         return 2

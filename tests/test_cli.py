@@ -123,3 +123,10 @@ def test_approximate_precision_classes_run_and_are_reported(capsys, tiny_llama, 
     assert code == 0, err
     record = json.loads(out)
     assert record["precision"] == precision[1] and record["generated_tokens"] == 6
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU refusal")
+@pytest.mark.parametrize("argv, message", [([], "CUDA device"), (["--contexts", "4k"], "comma-separated numbers")])
+def test_profile_needs_a_gpu_and_numbers(capsys, tiny_llama, argv, message):
+    code, _, err = run(capsys, "profile", "--model", str(tiny_llama), *argv)
+    assert code == 2 and message in err
