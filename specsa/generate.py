@@ -104,8 +104,9 @@ def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None) 
 
 def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids, slots, query_lens):
     """Logits [N, V] of a step that appends query_lens[i] tokens to slots[i]: replayed from
-    a CUDA graph when every sequence appends the same number, else run eagerly."""
-    if graphs is not None and len(set(query_lens)) == 1:
+    a CUDA graph when every sequence appends the same number (and the shape is capturable),
+    else run eagerly."""
+    if graphs is not None and len(set(query_lens)) == 1 and graphs.supports(len(slots), query_lens[0]):
         return graphs.logits(token_ids, slots, query_lens[0])
     return model.logits(model(token_ids, slots, query_lens, cache))
 

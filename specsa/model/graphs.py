@@ -50,6 +50,10 @@ class StepGraphs:
         captured.graph.replay()
         return captured.logits[:rows]
 
+    def supports(self, num_seqs: int, query_len: int) -> bool:
+        """Whether a step of this shape can be captured (others run eagerly)."""
+        return num_seqs <= BATCH_BUCKETS[-1] and query_len <= self.cache.page_size
+
     def prepare(self, num_seqs: int, query_len: int) -> _Captured:
         """The graph for this step shape, captured now if it is not yet (a one-time cost
         worth paying before a timed decode loop starts)."""
@@ -63,7 +67,8 @@ class StepGraphs:
         as requests finish), so none is captured while a timed loop runs."""
         for bucket in BATCH_BUCKETS:
             for query_len in query_lens:
-                self.prepare(bucket, query_len)
+                if self.supports(bucket, query_len):
+                    self.prepare(bucket, query_len)
             if bucket >= num_seqs:
                 break
 

@@ -3,7 +3,6 @@ losslessly, roll the caches back to what was committed."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
