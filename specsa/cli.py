@@ -1,11 +1,13 @@
 """`specsa generate`: text from a model with NSA attention, on the CPU or a GPU;
-`specsa profile`: this GPU's step costs, which `--spec auto` decides with."""
+`specsa profile`: this GPU's step costs, which `--spec auto` decides with;
+`specsa bench`: autoregressive vs speculative strategies vs `auto`, as JSON, Markdown, PNG."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from specsa.errors import ModelLoadError
 from specsa.model.registry import DEFAULT_MODEL
@@ -52,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--contexts", default="4096,16384,65536", help="context lengths (rounded up to powers of two)")
     prof.add_argument("--batches", default="1,8")
     prof.add_argument("--num-speculative-tokens", type=int, default=4, help="longest draft to measure")
+
+    bench = commands.add_parser("bench", help="autoregressive vs speculative strategies vs auto, on real text")
+    add_model_arguments(bench)
+    bench.add_argument("--contexts", default="1024,2048,4096", help="prompt lengths in tokens")
+    bench.add_argument("--batches", default="1")
+    bench.add_argument("--max-new-tokens", type=int, default=64)
+    bench.add_argument("--strategies", default="ar,ngram:2,ngram:4,ngram:8,auto",
+                       help="ar, auto, ngram:γ, oracle:RATE:γ (the oracle is for random-weight models)")  # fmt: skip
+    bench.add_argument("--num-speculative-tokens", type=int, default=8, help="longest draft `auto` may choose")
+    bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
     return parser
 
 
@@ -204,23 +216,30 @@ def make_drafter_factory(args, model, params, overrides, dtype, device, num_prom
     )
 
 
-def auto_planner(args, model, num_prompts: int, max_len: int):
-    """`--spec auto`: prompt lookup, γ chosen per step from this GPU's measured costs (a
-    profile, measured now if missing) or, without a GPU, the no-profile model (plain decoding)."""
-    from specsa.orchestrate.policy import AutoPlanner, linear_costs
-    from specsa.orchestrate.profile import context_bucket, load_or_measure, profile_path
+def run_bench(args: argparse.Namespace) -> None:
+    from specsa.model.loader import load_tokenizer
+    from specsa.orchestrate.bench import parse_strategies, run_bench, write_report
 
-    k = args.num_speculative_tokens
-    if model.lm_head.weight.is_cuda:
-        costs = load_or_measure(model, [max_len], [num_prompts], k)[(context_bucket(max_len), num_prompts)]
-        source = str(profile_path(model))
-    else:
-        costs, source = linear_costs(k), "none on the CPU: a step of T tokens is taken to cost T decodes"
-    return AutoPlanner(costs, "ngram", k, costs_source=source)
+    strategies = parse_strategies(args.strategies, args.num_speculative_tokens)
+    try:
+        contexts = [int(c) for c in args.contexts.split(",")]
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        raise ValueError("--contexts and --batches take comma-separated numbers, e.g. 1024,4096.") from None
+    model, _, dtype, device = load_target(args)
+    if max(contexts) + args.max_new_tokens + args.num_speculative_tokens > model.config.max_position:
+        raise ValueError(f"--contexts up to {max(contexts)} plus --max-new-tokens pass the model's context of "
+                         f"{model.config.max_position} tokens.")  # fmt: skip
+    rows = run_bench(model, load_tokenizer(args.model), strategies, contexts, batches, args.max_new_tokens)
+    title = (f"specsa bench: {args.model}, {args.attention}, precision {args.precision}, {dtype}, {device}, "
+             f"{args.max_new_tokens} new tokens, greedy")  # fmt: skip
+    write_report(rows, {"title": title, "command": "specsa bench " + " ".join(sys.argv[2:])}, Path(args.out))
+    print(Path(args.out, "bench.md").read_text())
 
 
 def run_generate(args: argparse.Namespace) -> None:
     from specsa.generate import generate
+    from specsa.orchestrate.profile import planner_for
     from specsa.model.loader import load_tokenizer
     from specsa.sampling import SamplingParams
     from specsa.spec.engine import generate_speculative
@@ -244,7 +263,7 @@ def run_generate(args: argparse.Namespace) -> None:
     else:
         max_len = max(map(len, prompt_ids)) + params.max_new_tokens + args.num_speculative_tokens
         factory = make_drafter_factory(args, model, params, overrides, dtype, device, len(prompt_ids), max_len)
-        planner = auto_planner(args, model, len(prompt_ids), max_len) if args.spec == "auto" else None
+        planner = planner_for(model, max_len, len(prompt_ids), args.num_speculative_tokens) if args.spec == "auto" else None
         results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens,
                                        planner=planner, **options)  # fmt: skip
         if planner is not None:
@@ -295,7 +314,7 @@ def report(args: argparse.Namespace, result, text: str, device, auto: dict | Non
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        (run_profile if args.command == "profile" else run_generate)(args)
+        {"generate": run_generate, "profile": run_profile, "bench": run_bench}[args.command](args)
     except (ValueError, ModelLoadError) as error:  # CacheFullError is a RuntimeError: a bug, not input
         print(f"specsa: error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from specsa.model.decoder import CausalLM
 from specsa.model.graphs import StepGraphs
-from specsa.orchestrate.policy import StepCosts
+from specsa.orchestrate.policy import AutoPlanner, StepCosts, linear_costs
 from specsa.spec.ngram import NgramDrafter
 
 
@@ -95,3 +95,13 @@ def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], ma
                      saved[f"{p[0]}:{p[1]}"]["draft_ms_per_token"])  # fmt: skip
         for p in points
     }
+
+
+def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int) -> AutoPlanner:
+    """The planner `--spec auto` runs: prompt lookup with this GPU's profile (measured now if
+    missing), or on the CPU the no-profile costs, under which it decodes plainly."""
+    if not model.lm_head.weight.is_cuda:
+        return AutoPlanner(linear_costs(max_gamma), "ngram", max_gamma,
+                           costs_source="none on the CPU: a step of T tokens is taken to cost T decodes")  # fmt: skip
+    costs = load_or_measure(model, [max_len], [batch], max_gamma)[(context_bucket(max_len), batch)]
+    return AutoPlanner(costs, "ngram", max_gamma, costs_source=str(profile_path(model)))

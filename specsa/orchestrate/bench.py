@@ -1,0 +1,161 @@
+"""`specsa bench`: autoregressive decoding vs fixed speculative strategies vs `auto`, over
+context lengths and batch sizes, on real text that is available offline (the Python
+standard library's own sources). Writes bench.json, bench.md and bench.png.
+
+Strategies: `ar`; `ngram:γ` (prompt lookup drafting γ tokens); `auto` (prompt lookup, γ
+chosen per step by the planner); `oracle:RATE:γ` (the target's own continuation, each
+position right with probability RATE: for random-weight models, labelled as an oracle).
+Every strategy's tokens are compared with the autoregressive run's (`token_match`).
+"""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from specsa.generate import generate
+from specsa.model.decoder import CausalLM
+from specsa.orchestrate.profile import planner_for
+from specsa.sampling import SamplingParams
+from specsa.spec.engine import generate_speculative
+from specsa.spec.ngram import NgramDrafter
+from specsa.spec.oracle import OracleDrafter
+
+SOURCES = ["argparse.py", "typing.py", "inspect.py", "subprocess.py", "dataclasses.py", "pathlib.py",
+           "functools.py", "collections/__init__.py"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    kind: str  # "ar" | "ngram" | "auto" | "oracle"
+    gamma: int = 0
+    rate: float = 0.0
+
+
+def parse_strategies(text: str, max_gamma: int) -> list[Strategy]:
+    """'ar,ngram:4,auto,oracle:0.8:4' -> strategies; `auto` drafts at most max_gamma."""
+    strategies = []
+    for item in text.split(","):
+        kind, *fields = item.strip().split(":")
+        try:
+            if kind == "ar" and not fields:
+                strategies.append(Strategy("ar", "ar"))
+            elif kind == "auto" and not fields:
+                strategies.append(Strategy("auto", "auto", max_gamma))
+            elif kind == "ngram" and len(fields) == 1:
+                strategies.append(Strategy(item, "ngram", int(fields[0])))
+            elif kind == "oracle" and len(fields) == 2:
+                strategies.append(Strategy(f"ORACLE rate {fields[0]} γ={fields[1]}", "oracle", int(fields[1]), float(fields[0])))
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"Unknown strategy {item!r}: use ar, auto, ngram:γ or oracle:RATE:γ.") from None
+    if "ar" not in [s.kind for s in strategies]:
+        strategies.insert(0, Strategy("ar", "ar"))  # the baseline every speed-up is measured against
+    return strategies
+
+
+def real_text_prompts(tokenizer, context: int, batch: int) -> list[list[int]]:
+    """`batch` prompts of exactly `context` tokens of Python source, each from another file."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    tokens = [tokenizer.encode((root / name).read_text(encoding="utf-8")) for name in SOURCES]
+    prompts = []
+    for i in range(batch):
+        text = []
+        for j in range(len(SOURCES) * 8):  # cycle through the files until there is enough text
+            text += tokens[(i + j) % len(SOURCES)]
+            if len(text) >= context:
+                break
+        prompts.append(text[:context])
+    return prompts
+
+
+def token_match(results, reference: list[list[int]]) -> float:
+    """Fraction of generated tokens equal to the autoregressive run's, up to each sequence's
+    first difference (1.0: identical; bf16 may round a near-tie differently)."""
+    matched = 0
+    for result, expected in zip(results, reference):
+        for got, want in zip(result.token_ids, expected):
+            if got != want:
+                break
+            matched += 1
+    return matched / max(sum(map(len, reference)), 1)
+
+
+def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: list[int], batches: list[int],
+              max_new_tokens: int) -> list[dict]:  # fmt: skip
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    vocab = model.config.vocab_size
+    rows = []
+    for context in contexts:
+        for batch in batches:
+            prompts = real_text_prompts(tokenizer, context, batch)
+            ar = generate(model, prompts, params, frozenset())
+            reference = [g.token_ids for g in ar]
+            base = {"context": context, "batch": batch}
+            for strategy in strategies:
+                row = dict(base, strategy=strategy.name)
+                if strategy.kind == "ar":
+                    decode_s = ar[0].decode_s
+                    row.update(tokens_per_s=sum(map(len, reference)) / decode_s, speedup=1.0, token_match=1.0)
+                    rows.append(row)
+                    continue
+                planner = None
+                if strategy.kind == "oracle":
+                    factory = lambda cache, g, s=strategy: OracleDrafter(prompts, reference, [s.rate], vocab)  # noqa: E731
+                else:
+                    factory = lambda cache, g: NgramDrafter()  # noqa: E731
+                if strategy.kind == "auto":
+                    planner = planner_for(model, context + max_new_tokens + strategy.gamma, batch, strategy.gamma)
+                results = generate_speculative(model, prompts, params, frozenset(), factory, strategy.gamma,
+                                               planner=planner)  # fmt: skip
+                row.update(tokens_per_s=sum(len(r.token_ids) for r in results) / results[0].decode_s,
+                           speedup=ar[0].decode_s / results[0].decode_s,
+                           acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
+                           token_match=token_match(results, reference))  # fmt: skip
+                if planner is not None:
+                    row["steps_by_gamma"] = planner.chosen
+                rows.append(row)
+    return rows
+
+
+def write_report(rows: list[dict], meta: dict, out: Path) -> None:
+    """bench.json (rows + how they were made), bench.md (speed-ups) and bench.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(dict(meta, date=time.strftime("%Y-%m-%d"), rows=rows), indent=1))
+    points = sorted({(r["context"], r["batch"]) for r in rows})
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    value = {(r["strategy"], r["context"], r["batch"]): r for r in rows}
+    lines = ["| strategy | " + " | ".join(f"{c} tok, batch {b}" for c, b in points) + " |",
+             "|---|" + "---|" * len(points)]  # fmt: skip
+    for name in names:
+        cells = [f"{value[name, c, b]['tokens_per_s']:.1f} tok/s ({value[name, c, b]['speedup']:.2f}×)" for c, b in points]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (out / "bench.md").write_text(f"{meta['title']}\n\n" + "\n".join(lines) + "\n")
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError(f"bench.json and bench.md are in {out}; the plot needs matplotlib: "
+                         "pip install 'specsa[bench]'.") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({b for _, b in points})
+    figure, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for axis, batch in zip(axes[0], batches):
+        contexts = sorted({c for c, b in points if b == batch})
+        for name in names:
+            axis.plot(contexts, [value[name, c, batch]["tokens_per_s"] for c in contexts], marker="o", label=name)
+        axis.set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title=f"batch {batch}")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(meta["title"], fontsize=9)
+    figure.tight_layout()
+    figure.savefig(out / "bench.png", dpi=120)
+    plt.close(figure)
