@@ -170,7 +170,9 @@ def main() -> None:
         "shape": {"hq": hq, "hkv": hkv},
         "nsa": {k: getattr(v, "value", v) for k, v in vars(cfg).items()},
         "copy_bandwidth_bytes_per_s": bandwidth,
-        "command": "python benchmarks/verify_attention.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
+        "command": "python benchmarks/verify_attention.py " + " ".join(
+            f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v
+        ),
         "rows": rows,
     }
     if args.out:
