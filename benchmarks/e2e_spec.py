@@ -29,6 +29,7 @@ from e2e_decode import MODELS, random_model
 
 from specsa.config import NSAConfig
 from specsa.generate import generate
+from specsa.orchestrate.bench import token_match
 from specsa.orchestrate.policy import AutoPlanner, StepCosts, choose
 from specsa.orchestrate.profile import measure_step_costs
 from specsa.sampling import SamplingParams
@@ -36,19 +37,6 @@ from specsa.spec.engine import generate_speculative
 from specsa.spec.oracle import OracleDrafter
 
 RATES = {"oracle@smollm2-ngram": [0.50, 0.40, 0.40, 0.46], "oracle@0.8": [0.8]}
-
-
-def token_match(results, reference: list[list[int]]) -> float:
-    """Fraction of generated tokens equal to the autoregressive run's, up to the first
-    difference per sequence (bf16 verification of several tokens may round a near-tie
-    differently from one-token decoding; 1.0 = identical)."""
-    matched = 0
-    for result, expected in zip(results, reference):
-        for got, want in zip(result.token_ids, expected):
-            if got != want:
-                break
-            matched += 1
-    return matched / sum(map(len, reference))
 
 
 def main() -> None:

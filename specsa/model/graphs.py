@@ -74,6 +74,8 @@ class StepGraphs:
 
     def _pad(self, batch: StepBatch, num_seqs: int, query_len: int) -> None:
         """Rows past the real sequences: a sequence of query_len tokens in the scratch slot."""
+        if num_seqs == len(batch.slots):
+            return
         rows = num_seqs * query_len
         batch.token_slots[rows:] = self.cache.scratch_slot
         batch.positions[rows:] = torch.arange(query_len, device=batch.positions.device).repeat(len(batch.slots) - num_seqs)
