@@ -11,10 +11,14 @@ Every strategy's tokens are compared with the autoregressive run's (`token_match
 from __future__ import annotations
 
 import json
+import platform
 import sysconfig
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 
 from specsa.generate import generate
@@ -127,7 +131,9 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
 def write_report(rows: list[dict], meta: dict, out: Path) -> None:
     """bench.json (rows + how they were made), bench.md (speed-ups) and bench.png."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(dict(meta, date=time.strftime("%Y-%m-%d"), rows=rows), indent=1))
+    versions = {"torch": torch.__version__, "python": platform.python_version(),
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
+    (out / "bench.json").write_text(json.dumps({**meta, **versions, "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
     points = sorted({(r["context"], r["batch"]) for r in rows})
     names = list(dict.fromkeys(r["strategy"] for r in rows))
     value = {(r["strategy"], r["context"], r["batch"]): r for r in rows}
@@ -155,7 +161,7 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
         axis.set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title=f"batch {batch}")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    figure.suptitle(meta["title"], fontsize=9)
+    figure.suptitle(textwrap.fill(meta["title"], 70), fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "bench.png", dpi=120)
     plt.close(figure)
