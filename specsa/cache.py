@@ -124,16 +124,13 @@ class PagedKVCache:
     def step(self, slots: list[int], query_lens: list[int]) -> StepBatch:
         """Reserve room for a forward pass that appends query_lens[i] tokens to slots[i]."""
         starts = [self.extend(slot, n) for slot, n in zip(slots, query_lens)]
-        device = self.block_table.device
         token_slots = [slot for slot, n in zip(slots, query_lens) for _ in range(n)]
         positions = [p for start, n in zip(starts, query_lens) for p in range(start, start + n)]
-        return StepBatch(
-            slots, starts, query_lens,
-            token_slots=torch.tensor(token_slots, device=device),
-            positions=torch.tensor(positions, device=device),
-            seq_slots=torch.tensor(slots, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor([s + n for s, n in zip(starts, query_lens)], dtype=torch.int32, device=device),
-        )  # fmt: skip
+        seq_lens = [s + n for s, n in zip(starts, query_lens)]
+        # One host-to-device copy for the whole step (four would each block on the host).
+        packed = torch.tensor(token_slots + positions + slots + seq_lens).to(self.block_table.device)
+        token_slots_t, positions_t, seq_slots_t, seq_lens_t = packed.split([len(positions)] * 2 + [len(slots)] * 2)
+        return StepBatch(slots, starts, query_lens, token_slots_t, positions_t, seq_slots_t.int(), seq_lens_t.int())
 
     def truncate(self, slot: int, length: int) -> None:
         """Forget everything at positions >= length (compressed tokens included)."""
