@@ -20,7 +20,7 @@ import time
 import torch
 import triton
 
-from timing import bench, copy_bandwidth, graphed
+from timing import bench, copy_bandwidth, graphed, pdl_disabled
 
 from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
@@ -84,6 +84,8 @@ def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
     row["nsa_eager_ms"] = bench(lambda: nsa_paged(*args))
     step = graphed(lambda: nsa_paged(*args))
     row["nsa_ms"], row["nsa_ms_again"] = bench(step), bench(step)
+    with pdl_disabled():  # the same step without programmatic dependent launch
+        row["nsa_ms_no_pdl"] = bench(graphed(lambda: nsa_paged(*args)))
     row["bytes"] = step_bytes(cfg, context, selected, hkv, dim, batch)
     row["nsa_gbps"] = row["bytes"] / (min(row["nsa_ms"], row["nsa_ms_again"]) * 1e-3) / 1e9
     del cache, step
@@ -114,13 +116,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", default="4096,16384,65536,131072")
     parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--shapes", default=",".join(f"{hq}/{hkv}/{d}" for hq, hkv, d in SHAPES), help="Hq/Hkv/D,…")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cfg = NSAConfig()
     rows = []
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    for hq, hkv, dim in SHAPES:
+    for hq, hkv, dim in (map(int, shape.split("/")) for shape in args.shapes.split(",")):
         for context in map(int, args.contexts.split(",")):
             for batch in map(int, args.batches.split(",")):
                 if batch * context * hkv * dim * 2 * 2 * 2 > 40e9:  # paged + dense copies must fit
@@ -130,7 +133,7 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"Hq{hq:3d} Hkv{hkv} D{dim:3d} ctx{context:7d} B{batch:3d}  nsa {row['nsa_ms']:.4f}/{row['nsa_ms_again']:.4f} ms"
-                    f" (eager {row['nsa_eager_ms']:.3f})"
+                    f" (eager {row['nsa_eager_ms']:.3f}, no PDL {row['nsa_ms_no_pdl']:.4f})"
                     f" ({row['nsa_gbps']:.0f} GB/s, {row['pct_copy_bw']:.0f}%)  sdpa {row['sdpa_ms']:.4f} ms"
                     f"  x{row['speedup_vs_sdpa']:.2f}"
                     + (f"  fla {row.get('fla_full_ms')} (given idx {row.get('fla_given_indices_ms')})" if "fla_full_ms" in row else "")

@@ -1,7 +1,8 @@
 """End-to-end decoding on the GPU: tokens/s of NSA vs dense attention, with and without
 CUDA graphs, and prefill tokens/s, for Llama-shaped models with RANDOM weights (the
 generated text is meaningless; the cost per token is what a trained model of that shape
-pays). Models: a 1B-class Llama (Llama-3.2-1B shapes) and a SmolLM2-135M-shaped one.
+pays). Models: 1B- and 8B-class Llamas (Llama-3.2-1B and Llama-3.1-8B shapes) and a
+SmolLM2-135M-shaped one.
 
 Decode throughput = generated tokens / decode wall time (prefill apart), greedy, with the
 same prompt (random token ids) of each context length for every batch row. Kernels are
@@ -18,8 +19,11 @@ import json
 import time
 from pathlib import Path
 
+import contextlib
+
 import torch
 import triton
+from timing import pdl_disabled
 
 from specsa.config import ModelConfig, NSAConfig
 from specsa.generate import generate, prefill, synchronize
@@ -30,28 +34,39 @@ MODELS = {
     "llama-1b": ModelConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_q_heads=32,
                             num_kv_heads=8, head_dim=64, max_position=131072 + 256, rope_theta=500000.0,
                             tie_embeddings=True),  # fmt: skip
+    "llama-8b": ModelConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_q_heads=32,
+                            num_kv_heads=8, head_dim=128, max_position=131072 + 256, rope_theta=500000.0),  # fmt: skip
     "smollm2-135m": ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
                                 num_q_heads=9, num_kv_heads=3, head_dim=64, max_position=131072 + 256,
                                 rope_theta=100000.0, tie_embeddings=True),  # fmt: skip
 }
 
 
+VARIANTS = [(True, True), (True, False), (False, True)]  # (CUDA graphs, PDL)
+
+
 def random_model(cfg: ModelConfig, attention: str) -> CausalLM:
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = CausalLM(cfg, NSAConfig() if attention == "nsa" else None)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    return model.to(torch.bfloat16).eval()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # made in bf16: an 8B model never exists in fp32
+    try:
+        with torch.device("cuda"):
+            model = CausalLM(cfg, NSAConfig() if attention == "nsa" else None)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    for name, p in model.named_parameters():  # norms at 1 as in trained models: logits are not all ties
+        torch.nn.init.ones_(p) if name.endswith("norm.weight") else torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
 
 
-def decode_row(model, name, attention, context, batch, new_tokens, graphs) -> dict:
+def decode_row(model, name, attention, context, batch, new_tokens, graphs, pdl=True) -> dict:
     prompt = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(1)).tolist()
     params = SamplingParams(max_new_tokens=new_tokens)
     chunk = 4096 if attention == "nsa" else context  # dense: one SDPA pass per prompt
-    gens = generate(model, [prompt] * batch, params, frozenset(), cuda_graphs=graphs, prefill_chunk=chunk)
+    with contextlib.nullcontext() if pdl else pdl_disabled():
+        gens = generate(model, [prompt] * batch, params, frozenset(), cuda_graphs=graphs, prefill_chunk=chunk)
     decode_s = gens[0].decode_s
-    return {"model": name, "attention": attention, "context": context, "batch": batch, "cuda_graphs": graphs,
+    return {"model": name, "attention": attention, "context": context, "batch": batch, "cuda_graphs": graphs, "pdl": pdl,
             "new_tokens": new_tokens, "decode_s": decode_s, "tokens_per_s": batch * new_tokens / decode_s,
             "ms_per_step": 1e3 * decode_s / new_tokens, "allocated_gb": torch.cuda.memory_allocated() / 1e9}  # fmt: skip
 
@@ -79,6 +94,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prefill-contexts", default="32768,131072")
     parser.add_argument("--prefill-chunk", type=int, default=2048, help="NSA prefill chunk (dense: one pass)")
+    parser.add_argument("--eager", action="store_true", help="also time without CUDA graphs (slow)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rows = []
@@ -104,12 +120,12 @@ def main() -> None:
         for attention in args.attentions.split(","):
             model = random_model(MODELS[name], attention)
             for batch in map(int, args.batches.split(",")):  # compile every kernel variant first
-                for graphs in (True, False):
-                    decode_row(model, name, attention, 2048, batch, 4, graphs)
+                for graphs, pdl in VARIANTS:
+                    decode_row(model, name, attention, 2048, batch, 4, graphs, pdl)
             for context in map(int, args.contexts.split(",")):
                 for batch in map(int, args.batches.split(",")):
-                    for graphs in (True, False):
-                        record(decode_row(model, name, attention, context, batch, args.new_tokens, graphs))
+                    for graphs, pdl in VARIANTS[: None if args.eager else 2]:
+                        record(decode_row(model, name, attention, context, batch, args.new_tokens, graphs, pdl))
                         torch.cuda.empty_cache()
             if name == "llama-1b":
                 for context in map(int, args.prefill_contexts.split(",")):

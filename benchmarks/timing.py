@@ -3,6 +3,8 @@ device's copy bandwidth (the roofline every byte count is compared with)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 
@@ -31,3 +33,16 @@ def copy_bandwidth() -> float:
     y = torch.empty_like(x)
     ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=50, rep=200, return_mode="median")
     return 2 * x.numel() * 2 / (ms * 1e-3)
+
+
+@contextlib.contextmanager
+def pdl_disabled():
+    """Kernels launched inside run without programmatic dependent launch (to time its effect)."""
+    import specsa.launch
+
+    saved = specsa.launch._pdl_supported
+    specsa.launch._pdl_supported = lambda device_index: False
+    try:
+        yield
+    finally:
+        specsa.launch._pdl_supported = saved

@@ -267,7 +267,8 @@ def run_generate(args: argparse.Namespace) -> None:
         results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens,
                                        planner=planner, **options)  # fmt: skip
         if planner is not None:
-            auto = {"drafter": "ngram", "steps_by_gamma": planner.chosen, "costs": planner.costs_source}
+            auto = {"drafter": "ngram", "steps_by_gamma": planner.chosen, "costs": planner.costs_source,
+                    "learnt_step_overhead_ms": planner.overhead_ms}
     for result in results:
         report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device, auto)
 

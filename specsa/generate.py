@@ -25,10 +25,17 @@ class Generation:
     finish_reason: str = ""  # "eos" | "length"
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    # prompt_ids + token_ids, kept as tokens come: drafters read it every step, and
+    # rebuilding it would cost O(context) per step (~0.2 ms for 64K tokens).
+    context: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.context = self.prompt_ids + self.token_ids
 
     def add(self, token: int, params: SamplingParams, eos_ids: frozenset[int]) -> bool:
         """Append a token; returns True when the request is finished."""
         self.token_ids.append(token)
+        self.context.append(token)
         if token in eos_ids:
             self.finish_reason = "eos"
         elif len(self.token_ids) >= params.max_new_tokens:

@@ -47,9 +47,20 @@ def test_tracker_learns_rates_by_position():
     tracker = AcceptanceTracker(max_gamma=3, prior=0.5, decay=0.5)
     for _ in range(20):
         tracker.observe(num_drafted=3, num_accepted=1)  # position 0 accepted, 1 rejected, 2 not reached
-    assert tracker.rates[0] == pytest.approx(1.0, abs=1e-4)
-    assert tracker.rates[1] == pytest.approx(0.0, abs=1e-4)
+    estimate = tracker.estimate()
+    assert estimate[0] == pytest.approx(1.0, abs=1e-4)
+    assert estimate[1] == pytest.approx(0.0, abs=1e-4)
+    assert estimate[2] == estimate[1]  # never reached: the position before it speaks for it
     assert tracker.rates[2] == 0.5
+
+
+def test_planner_tries_longer_drafts_than_it_has_used():
+    """Acceptance 1 at the first three positions: the positions never reached are not left
+    at the prior, so the planner goes past γ = 3."""
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(10):
+        planner.observe(num_drafted=3, num_accepted=3)
+    assert planner.gamma() == 8
 
 
 def test_auto_planner_speculates_where_it_pays_and_stays_lossless(tiny_llama):
@@ -71,7 +82,7 @@ def test_auto_planner_speculates_where_it_pays_and_stays_lossless(tiny_llama):
     expected = [g.token_ids for g in generate(model, prompts, params, frozenset())]
     flat = StepCosts({t: 1.0 + 0.01 * t for t in range(1, 6)}, {"ngram": 0.0})
     for costs, speculates in ((flat, True), (linear_costs(4), False)):
-        planner = AutoPlanner(costs, "ngram", 4)
+        planner = AutoPlanner(costs, "ngram", 4, calibrate=costs is flat)
         results = generate_speculative(model, prompts, params, frozenset(), lambda c, g: NgramDrafter(1, 3), 4,
                                        planner=planner)  # fmt: skip
         assert [r.token_ids for r in results] == expected
@@ -107,3 +118,15 @@ def test_profiles_are_saved_and_reused(tiny_llama, tmp_path, monkeypatch):
     profile.load_or_measure(model, [4000], [1], max_gamma=8, progress=False)
     assert measured[-1] == (4096, 1)  # a longer draft needs more step sizes: measured again
     assert profile.context_bucket(1) == 4096 and profile.context_bucket(4097) == 8192
+
+
+def test_auto_planner_learns_the_loops_overhead_and_drafts_longer():
+    """Whole steps that take 10 ms more than profiled (host work the graph replays leave
+    out) make every step dearer alike, so longer drafts pay: γ 4 -> 8 at acceptance 0.7."""
+    assert choose(FLAT, {"ngram": [0.7]}, 8).gamma == 4
+    assert choose(FLAT.with_overhead(10.0), {"ngram": [0.7]}, 8).gamma == 8
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(30):
+        planner.observe_step(0, FLAT.step_ms(None, 0) + 10.0)
+        planner.observe_step(8, FLAT.step_ms("ngram", 8) + 10.0)
+    assert planner.overhead_ms == pytest.approx(10.0)

@@ -1,7 +1,10 @@
-"""Llama/Qwen2-family causal LM. Parameter names follow Hugging Face's, so a checkpoint's
-state dict loads as it is."""
+"""Llama/Qwen2-family causal LM. Parameter names follow Hugging Face's, except that the
+projections read by one matrix product are stacked (`pack_checkpoint` maps a checkpoint's
+state dict)."""
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import Tensor, nn
@@ -21,11 +24,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: StepBatch, cache: PagedKVCache, nsa, **attention):
-        """Returns (x, the attention's selection)."""
-        attended, selection = self.self_attn(self.input_layernorm(x), cos, sin, batch, cache, nsa, **attention)
-        x = x + attended
-        return x + self.mlp(self.post_attention_layernorm(x)), selection
+    def forward(self, x: Tensor, residual: Tensor | None, rotary: Rotary, batch: StepBatch, cache: PagedKVCache, nsa,
+                *, use_kernels: bool, **attention):  # fmt: skip
+        """Returns (the MLP's output, the residual stream before it, the attention's
+        selection): the residual add is fused into the next RMSNorm."""
+        hidden, residual = self.input_layernorm(x, residual, use_kernels=use_kernels)
+        hidden, selection = self.self_attn(hidden, rotary, batch, cache, nsa, use_kernels=use_kernels, **attention)
+        hidden, residual = self.post_attention_layernorm(hidden, residual, use_kernels=use_kernels)
+        return self.mlp(hidden, use_kernels=use_kernels), residual, selection
 
 
 class Backbone(nn.Module):
@@ -95,20 +101,46 @@ class CausalLM(nn.Module):
         nsa = draft_nsa or self.nsa
         use_kernels = token_ids.is_cuda if self.use_kernels is None else self.use_kernels
         layers = range(self.config.num_layers) if layers is None else layers
-        cos, sin = self.rotary(batch.positions)
-        x = self.model.embed_tokens(token_ids)
+        x, residual = self.model.embed_tokens(token_ids), None
         precision = Precision() if exact else self.precision
         selection = None
         for index in layers:
             reused = None if precision.refreshes(index, layers[0]) else selection
-            x, selection = self.model.layers[index](
-                x, cos, sin, batch, cache, nsa, use_kernels=use_kernels, selection=reused,
+            x, residual, selection = self.model.layers[index](
+                x, residual, self.rotary, batch, cache, nsa, use_kernels=use_kernels, selection=reused,
                 share_group=precision.query_share_group,
             )  # fmt: skip
             if record is not None:
                 record.append(selection)
-        return self.model.norm(x)
+        return self.model.norm(x, residual, use_kernels=use_kernels)[0]
 
     @torch.inference_mode()
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden).float()
+
+
+# A stacked parameter and the checkpoint's parameters it stacks, in order (g_proj, the gated
+# combination's gates, only in checkpoints trained with NSA).
+PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj", "g_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_OPTIONAL = {"g_proj"}
+
+
+def pack_checkpoint(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A Hugging Face state dict with its stacked projections stacked. A set with a
+    required part missing is left as it is (the loader then reports the names)."""
+    state = dict(state)
+    pattern = re.compile(r"(.*\.)(" + "|".join(p for parts in PACKED.values() for p in parts) + r")\.weight$")
+    prefixes = {match[1] for key in state if (match := pattern.match(key))}
+    for prefix in sorted(prefixes):
+        for packed, parts in PACKED.items():
+            present = [p for p in parts if f"{prefix}{p}.weight" in state]
+            if not present or any(p not in present for p in parts if p not in _OPTIONAL):
+                continue
+            weights = [state.pop(f"{prefix}{p}.weight") for p in present]
+            state[f"{prefix}{packed}.weight"] = torch.cat(weights)
+            biases = [state.pop(f"{prefix}{p}.bias", None) for p in present]
+            if any(b is not None for b in biases):  # a part without a bias adds zero
+                state[f"{prefix}{packed}.bias"] = torch.cat(
+                    [w.new_zeros(w.shape[0]) if b is None else b for w, b in zip(weights, biases)]
+                )
+    return state

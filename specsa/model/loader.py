@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from specsa.config import Combine, ModelConfig, NSAConfig, RopeScaling
-from specsa.model.decoder import CausalLM
+from specsa.model.decoder import CausalLM, pack_checkpoint
 from specsa.model.rope import Rotary
 from specsa.errors import ModelLoadError
 from specsa.model.registry import cache_dir, resolve_model
@@ -181,8 +181,9 @@ def load_model(
 
     with torch.device("meta"):
         model = CausalLM(cfg, nsa)
-    state = read_state_dict(directory)
-    expected = set(model.state_dict())
+    state = pack_checkpoint(read_state_dict(directory))
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    expected = set(shapes)
     if cfg.tie_embeddings:
         expected.discard("lm_head.weight")
         state.pop("lm_head.weight", None)
@@ -194,6 +195,10 @@ def load_model(
             f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}."
         )
+    wrong = [f"{k} {list(v.shape)}, expected {list(shapes[k])}"
+             for k, v in state.items() if k in expected and v.shape != shapes[k]]  # fmt: skip
+    if wrong:
+        raise ModelLoadError(f"The checkpoint's weights do not fit its configuration: {', '.join(wrong[:3])}.")
     state = {k: v.to(dtype) for k, v in state.items() if k in expected}
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings:

@@ -35,15 +35,21 @@ class Rotary(torch.nn.Module):
         inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos, sin [N, D] for token positions [N]."""
+    def forward(self, q: Tensor, k: Tensor, positions: Tensor, *, use_kernels: bool = False) -> tuple[Tensor, Tensor]:
+        """q [N, Hq, D], k [N, Hkv, D] at token positions [N], rotated. The kernel rotates
+        them in place (one launch); the reference returns new tensors."""
+        if use_kernels:
+            from specsa.model.kernels import rotary_  # needs Triton
+
+            rotary_(q, k, positions, self.inv_freq)
+            return q, k
         angles = positions.float()[:, None] * self.inv_freq[None, :]  # [N, D/2]
         angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos(), angles.sin()
+        cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # [N, 1, D]
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [N, H, D]; cos, sin [N, D]."""
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+    return (x * cos + rotated * sin).to(x.dtype)

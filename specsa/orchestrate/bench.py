@@ -129,11 +129,13 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
 
 
 def write_report(rows: list[dict], meta: dict, out: Path) -> None:
-    """bench.json (rows + how they were made), bench.md (speed-ups) and bench.png."""
+    """bench.json (rows + how they were made), bench.md (speed-ups) and bench.png. The
+    versions and date are this machine's and today's unless `meta` names those of the
+    run the rows came from."""
     out.mkdir(parents=True, exist_ok=True)
     versions = {"torch": torch.__version__, "python": platform.python_version(),
                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
-    (out / "bench.json").write_text(json.dumps({**meta, **versions, "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+    (out / "bench.json").write_text(json.dumps({**versions, "date": time.strftime("%Y-%m-%d"), **meta, "rows": rows}, indent=1))
     points = sorted({(r["context"], r["batch"]) for r in rows})
     names = list(dict.fromkeys(r["strategy"] for r in rows))
     value = {(r["strategy"], r["context"], r["batch"]): r for r in rows}

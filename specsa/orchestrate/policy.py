@@ -36,6 +36,11 @@ class StepCosts:
             return self.target_ms[1]
         return gamma * self.draft_ms_per_token[drafter] + self.target_ms[gamma + 1]
 
+    def with_overhead(self, extra_ms: float) -> StepCosts:
+        """These costs with `extra_ms` more per step: the host work of a running loop,
+        which the profile's graph replays leave out."""
+        return StepCosts({t: ms + extra_ms for t, ms in self.target_ms.items()}, self.draft_ms_per_token)
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -61,41 +66,63 @@ def choose(costs: StepCosts, rates: dict[str, list[float]], max_gamma: int) -> C
 @dataclass
 class AcceptanceTracker:
     """Acceptance rates by draft position, learnt from what a request shows: exponential
-    moving averages, starting from a prior so that the first steps still speculate."""
+    moving averages, starting from a prior so that the first steps still speculate. A
+    position reached fewer than `min_reached` times takes the estimate of the one before
+    it: otherwise positions past the draft length in use would keep the prior for ever,
+    and a planner reading them would never try longer drafts."""
 
     max_gamma: int
     prior: float = 0.6
     decay: float = 0.8  # weight of the past per observation
+    min_reached: int = 4
     rates: list[float] = field(default_factory=list)
+    reached: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rates = [self.prior] * self.max_gamma
+        self.reached = [0] * self.max_gamma
 
     def observe(self, num_drafted: int, num_accepted: int) -> None:
         """Position k (< num_drafted) was reached if k ≤ num_accepted; accepted if k < num_accepted."""
         for k in range(min(num_drafted, num_accepted + 1)):
             accepted = 1.0 if k < num_accepted else 0.0
             self.rates[k] = self.decay * self.rates[k] + (1 - self.decay) * accepted
+            self.reached[k] += 1
+
+    def estimate(self) -> list[float]:
+        """The rates a planner should use, position by position."""
+        estimates, last = [], self.prior
+        for rate, reached in zip(self.rates, self.reached):
+            last = rate if reached >= self.min_reached else last
+            estimates.append(last)
+        return estimates
 
 
 class AutoPlanner:
-    """`--spec auto`: the draft length of every step, from the measured costs and the
-    acceptance this request has shown so far. While plain decoding wins it drafts nothing,
-    but probes with one token now and then, so a request that turns predictable (a quoted
-    passage, code being copied) is noticed."""
+    """`--spec auto`: the draft length of every step, from the measured costs and what
+    this request has shown so far: its acceptance, and the time its steps really take.
+    While plain decoding wins it drafts nothing, but probes with one token now and then,
+    so a request that turns predictable (a quoted passage, code being copied) is noticed."""
 
     probe_every = 16  # autoregressive steps between probes
+    time_decay = 0.8  # weight of the past in the moving average of the per-step overhead
 
-    def __init__(self, costs: StepCosts, drafter: str, max_gamma: int, costs_source: str = ""):
-        self.costs, self.drafter, self.max_gamma = costs, drafter, max_gamma
+    def __init__(self, costs: StepCosts, drafter: str, max_gamma: int, costs_source: str = "", calibrate: bool = True):
+        """`calibrate`: learn the loop's per-step overhead over the profile as it runs;
+        only for costs in milliseconds (not `linear_costs`, whose unit is a decode step).
+        One overhead for every γ, not a time per γ: a γ tried once on a slow step would
+        otherwise look dear for good, as it would never be tried again."""
+        self.costs, self.drafter, self.max_gamma, self.calibrate = costs, drafter, max_gamma, calibrate
         self.costs_source = costs_source  # where the costs came from, for reports
         self.tracker = AcceptanceTracker(max_gamma)
         self.chosen: dict[int, int] = {}  # γ -> steps
         self.since_speculating = 0
         self.can_pay = choose(costs, {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
+        self.overhead_ms: float | None = None  # moving average of (measured - profiled) step time
 
     def gamma(self) -> int:
-        gamma = choose(self.costs, {self.drafter: self.tracker.rates}, self.max_gamma).gamma
+        costs = self.costs if self.overhead_ms is None else self.costs.with_overhead(self.overhead_ms)
+        gamma = choose(costs, {self.drafter: self.tracker.estimate()}, self.max_gamma).gamma
         self.since_speculating = 0 if gamma else self.since_speculating + 1
         if not gamma and self.can_pay and self.since_speculating >= self.probe_every:
             gamma, self.since_speculating = 1, 0
@@ -104,6 +131,14 @@ class AutoPlanner:
 
     def observe(self, num_drafted: int, num_accepted: int) -> None:
         self.tracker.observe(num_drafted, num_accepted)
+
+    def observe_step(self, gamma: int, ms: float) -> None:
+        """A whole step that drafted γ tokens per sequence took `ms`."""
+        if not self.calibrate:
+            return
+        extra = ms - self.costs.step_ms(self.drafter if gamma else None, gamma)
+        past = self.overhead_ms
+        self.overhead_ms = extra if past is None else self.time_decay * past + (1 - self.time_decay) * extra
 
 
 def linear_costs(max_gamma: int) -> StepCosts:

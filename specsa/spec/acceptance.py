@@ -40,3 +40,13 @@ def rejection_sample(
     residual = torch.where(empty, p_next, residual)
     next_token = torch.multinomial(residual, 1, generator=generator)[:, 0]
     return accepted, next_token
+
+
+def greedy_accept(draft_tokens: Tensor, target_argmax: Tensor, num_drafts: Tensor) -> tuple[Tensor, Tensor]:
+    """`rejection_sample` for a greedy target (p one-hot at its argmax), without [B, K, V]
+    distributions: the longest prefix of drafts equal to the argmax is kept, then the
+    argmax follows. draft_tokens [B, K], target_argmax [B, K+1], num_drafts [B]."""
+    k = draft_tokens.shape[1]
+    is_draft = torch.arange(k, device=draft_tokens.device) < num_drafts[:, None]
+    accepted = ((draft_tokens == target_argmax[:, :k]) & is_draft).long().cumprod(-1).sum(-1)  # [B]
+    return accepted, target_argmax.gather(1, accepted[:, None])[:, 0]

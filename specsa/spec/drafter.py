@@ -12,6 +12,11 @@ from torch import Tensor
 class Proposal:
     tokens: list[list[int]]  # drafted tokens per sequence; may be fewer than asked, or none
     probs: Tensor | None  # [B, K, V] distributions they were drawn from; None means one-hot
+    # Benchmarks' ORACLE only: how many drafts per sequence the verifier is to accept, in
+    # place of its own (greedy) decision. Equal to it while the target follows the oracle's
+    # reference; it keeps the set acceptance once bf16 rounding has made the target leave
+    # it (random weights are full of near-ties), so the cost measured stays the one asked.
+    verdict: list[int] | None = None
 
 
 class Drafter(Protocol):

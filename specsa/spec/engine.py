@@ -3,6 +3,7 @@ losslessly, roll the caches back to what was committed."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +12,7 @@ from tqdm import tqdm
 from specsa.generate import Generation, check_lengths, start_requests, step_graphs, step_logits, synchronize
 from specsa.model.decoder import CausalLM
 from specsa.sampling import SamplingParams, target_probabilities
-from specsa.spec.acceptance import rejection_sample
+from specsa.spec.acceptance import greedy_accept, rejection_sample
 from specsa.spec.drafter import Drafter
 
 
@@ -97,7 +98,8 @@ def generate_speculative(
 
     bar = tqdm(total=params.max_new_tokens * len(prompts), desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:
-        contexts = [gens[i].prompt_ids + gens[i].token_ids for i in active]
+        step_start = time.perf_counter()
+        contexts = [gens[i].context for i in active]
         step_k = k if planner is None else planner.gamma()  # `auto`: chosen per step, 0 = plain decoding
         budgets = [min(step_k, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
         t0 = synchronize(device)
@@ -106,22 +108,30 @@ def generate_speculative(
 
         num_drafts = [len(d) for d in proposal.tokens]
         width = max(num_drafts)
-        draft_tokens = torch.tensor([d + [0] * (width - len(d)) for d in proposal.tokens], dtype=torch.long, device=device)
-        if proposal.probs is None:  # one-hot drafts
-            vocab = model.config.vocab_size
-            draft_probs = torch.nn.functional.one_hot(draft_tokens, vocab).float()
-        else:
-            draft_probs = proposal.probs[:, :width]
         # Verify: each sequence feeds its last committed token and its drafts, padded to one
         # length so the step has one shape (a CUDA graph); padding is never accepted.
+        # One host-to-device copy carries the feed and the draft counts.
         feed = [[context[-1]] + drafts + [0] * (width - len(drafts)) for context, drafts in zip(contexts, proposal.tokens)]
+        rows = len(feed) * (width + 1)
+        packed = torch.tensor(sum(feed, []) + num_drafts + (proposal.verdict or [])).to(device)
+        feed_ids, num_drafts_t, verdict = packed[:rows], packed[rows : rows + len(feed)], packed[rows + len(feed) :]
+        draft_tokens = feed_ids.view(len(feed), width + 1)[:, 1:]
         lengths_before = [cache.lengths[slots[i]] for i in active]
-        feed_ids = torch.tensor(sum(feed, []), device=device)
-        logits = step_logits(model, cache, graphs, feed_ids, [slots[i] for i in active], [len(f) for f in feed])
-        target_probs = target_probabilities(logits, params).view(len(feed), width + 1, -1)
-        accepted, next_token = rejection_sample(
-            draft_tokens, draft_probs, target_probs, torch.tensor(num_drafts, device=device), generator
-        )
+        logits = step_logits(model, cache, graphs, feed_ids, [slots[i] for i in active], [width + 1] * len(feed))
+        if params.greedy:
+            target_argmax = logits.argmax(-1).view(len(feed), width + 1)
+            accepted, next_token = greedy_accept(draft_tokens, target_argmax, num_drafts_t)
+            if proposal.verdict is not None:  # a benchmark oracle's decision replaces the verifier's
+                accepted, next_token = verdict, target_argmax.gather(1, verdict[:, None])[:, 0]
+        elif proposal.verdict is not None:
+            raise ValueError("An oracle drafter's verdict is for greedy decoding; set temperature 0.")
+        else:
+            if proposal.probs is None:  # one-hot drafts
+                draft_probs = torch.nn.functional.one_hot(draft_tokens, model.config.vocab_size).float()
+            else:
+                draft_probs = proposal.probs[:, :width]
+            target_probs = target_probabilities(logits, params).view(len(feed), width + 1, -1)
+            accepted, next_token = rejection_sample(draft_tokens, draft_probs, target_probs, num_drafts_t, generator)
         t2 = synchronize(device)
 
         still_active = []
@@ -141,6 +151,8 @@ def generate_speculative(
             else:
                 drafter.release(slots[i])
             bar.update(len(committed))
+        if planner is not None:  # the whole step, host work included (the loop just synced)
+            planner.observe_step(width, 1e3 * (time.perf_counter() - step_start))
         active = still_active
     bar.close()
     decode_s = synchronize(device) - start

@@ -1,12 +1,14 @@
 """An ORACLE drafter for benchmarks: it proposes the target's own greedy continuation
 (known from an earlier autoregressive run), each drafted position right with a set
 probability. It measures what verification costs at a given acceptance on models whose
-real acceptance is meaningless (random weights); its figures must say "oracle".
+real acceptance is meaningless (random weights); its figures must say "oracle". Its
+proposals carry their verdict (`Proposal.verdict`), so the acceptance stays the set one
+even where the target's bf16 rounding leaves the reference continuation.
 """
 
 from __future__ import annotations
 
-import torch
+import random
 
 from specsa.spec.drafter import Proposal
 
@@ -20,7 +22,7 @@ class OracleDrafter:
             raise ValueError(f"acceptance must be probabilities, one per draft position; got {acceptance}.")
         self.references = [(p, c) for p, c in zip(prompts, continuations)]
         self.acceptance, self.vocab_size = acceptance, vocab_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.random = random.Random(seed)  # Python's: a draw per drafted token, on the host
 
     def continuation_of(self, context: list[int]) -> list[int]:
         """What the reference continuation of this sequence's prompt holds after the tokens
@@ -33,15 +35,16 @@ class OracleDrafter:
         raise ValueError("The oracle drafter has no reference continuation for this sequence's prompt.")
 
     def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
-        drafts = []
+        drafts, verdict = [], []
         for context, k in zip(contexts, num_tokens):
             tokens = self.continuation_of(context)[:k]
+            right = [self.random.random() < self.acceptance[min(i, len(self.acceptance) - 1)] for i in range(len(tokens))]
             for i, token in enumerate(tokens):
-                rate = self.acceptance[min(i, len(self.acceptance) - 1)]
-                if torch.rand((), generator=self.generator) >= rate:  # a wrong token: some other one
-                    tokens[i] = (token + 1 + int(torch.randint(self.vocab_size - 1, (), generator=self.generator))) % self.vocab_size
+                if not right[i]:  # a wrong token: some other one
+                    tokens[i] = (token + 1 + self.random.randrange(self.vocab_size - 1)) % self.vocab_size
             drafts.append(tokens)
-        return Proposal(drafts, None)
+            verdict.append(right.index(False) if False in right else len(tokens))
+        return Proposal(drafts, None, verdict)
 
     def release(self, slot: int) -> None:
         pass

@@ -93,7 +93,8 @@ def test_native_gated_checkpoint_loads_its_nsa_weights(tmp_path):
     model = load_model(str(directory))
     assert model.nsa == NSAConfig(**SPARSE, combine="gated")
     attn = model.model.layers[1].self_attn
-    torch.testing.assert_close(attn.g_proj.weight, state["model.layers.1.self_attn.g_proj.weight"])
+    gate_rows = attn.qkv_proj.weight[-12:]  # stacked after q, k, v
+    torch.testing.assert_close(gate_rows, state["model.layers.1.self_attn.g_proj.weight"])
     torch.testing.assert_close(attn.compress_v.fc2.weight, state["model.layers.1.self_attn.compress_v.fc2.weight"])
     ids = torch.randint(2, 128, (90,), generator=generator).tolist()
     logits = our_logits(model, ids, chunk=20)

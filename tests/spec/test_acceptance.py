@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from specsa.spec.acceptance import rejection_sample
+from specsa.spec.acceptance import greedy_accept, rejection_sample
 
 DRAWS = 200_000
 
@@ -70,3 +70,20 @@ def test_seeded_runs_are_deterministic():
 
     assert all(torch.equal(a, b) for a, b in zip(run(5), run(5)))
     assert not all(torch.equal(a, b) for a, b in zip(run(5), run(6)))
+
+
+def test_greedy_accept_is_the_rejection_rule_with_a_one_hot_target():
+    """The engine's greedy path skips the [B, K, V] distributions; it must decide alike,
+    with drafts that agree for a while, padding, and no drafts at all."""
+    gen = torch.Generator().manual_seed(5)
+    batch, k, vocab = 64, 5, 7
+    argmax = torch.randint(vocab, (batch, k + 1), generator=gen)
+    agree = torch.randint(k + 1, (batch,), generator=gen)  # drafts agree up to here
+    draft_tokens = torch.where(torch.arange(k) < agree[:, None], argmax[:, :k], (argmax[:, :k] + 1) % vocab)
+    num_drafts = torch.randint(k + 1, (batch,), generator=gen)
+    target = torch.nn.functional.one_hot(argmax, vocab).float()
+    draft = torch.nn.functional.one_hot(draft_tokens, vocab).float()
+    expected = rejection_sample(draft_tokens, draft, target, num_drafts, gen)
+    accepted, next_token = greedy_accept(draft_tokens, argmax, num_drafts)
+    assert torch.equal(accepted, expected[0]) and torch.equal(next_token, expected[1])
+    assert torch.equal(accepted, torch.minimum(agree, num_drafts))

@@ -38,3 +38,17 @@ def test_oracle_speculation_is_lossless_and_accepts_at_its_rate(tiny_llama):
     results = generate_speculative(model, prompts, params, frozenset(), factory, 4)
     assert [r.token_ids for r in results] == reference
     assert all(r.stats.acceptance_length == pytest.approx(5.0, abs=1.0) for r in results)
+
+
+def test_the_verdict_keeps_the_set_acceptance_when_the_target_leaves_the_reference(tiny_llama):
+    """A reference the target does not follow (as after a bf16 near-tie) would be rejected
+    at every step; the oracle's verdict keeps acceptance at its rate, the cost measured."""
+    model = load_model(str(tiny_llama))
+    prompts = [[5, 6, 7, 8] * 5]
+    params = SamplingParams(max_new_tokens=20)
+    reference = [g.token_ids for g in generate(model, prompts, params, frozenset())]
+    wrong = [[(t + 1) % model.config.vocab_size for t in reference[0]]]
+    factory = lambda cache, gen: OracleDrafter(prompts, wrong, [1.0], vocab_size=model.config.vocab_size)  # noqa: E731
+    (result,) = generate_speculative(model, prompts, params, frozenset(), factory, 4)
+    assert result.stats.acceptance_length == pytest.approx(5.0, abs=1.0)
+    assert result.token_ids[1:5] == wrong[0][1:5]  # after the prefill's token: the verdict's drafts

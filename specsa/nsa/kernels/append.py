@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from specsa.launch import pdl_options, pdl_prologue
+
 
 @triton.jit
 def _append_kernel(
@@ -41,7 +43,9 @@ def _append_kernel(
     PAGE: tl.constexpr,
     D: tl.constexpr,
     COMPRESS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     i_n, i_h = tl.program_id(0), tl.program_id(1)
     o_d = tl.arange(0, D)
     slot = tl.load(token_slots_ptr + i_n)
@@ -91,7 +95,8 @@ def _append_compressed(
 def append_paged(cache, layer: int, k: Tensor, v: Tensor, token_slots: Tensor, positions: Tensor) -> None:
     """Store k, v [N, Hkv, D] of a step, and their mean-pooled compressed tokens (if the
     cache keeps them), into `cache` (a PagedKVCache) at layer `layer`."""
-    k, v = k.contiguous(), v.contiguous()
+    if k.stride() != v.stride() or k.stride(2) != 1:  # the kernel reads both with k's strides
+        k, v = k.contiguous(), v.contiguous()
     k_pages, v_pages = cache.k_pages[layer], cache.v_pages[layer]
     compress = cache.nsa is not None
     k_cmp, v_cmp = (cache.k_cmp[layer], cache.v_cmp[layer]) if compress else (k_pages, v_pages)
@@ -101,5 +106,5 @@ def append_paged(cache, layer: int, k: Tensor, v: Tensor, token_slots: Tensor, p
         k.stride(0), k.stride(1), cache.block_table.stride(0), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
         k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
         CMP_BLOCK=nsa.cmp_block if compress else 1, CMP_STRIDE=nsa.cmp_stride if compress else 1,
-        PAGE=cache.page_size, D=k.shape[2], COMPRESS=compress,
+        PAGE=cache.page_size, D=k.shape[2], COMPRESS=compress, **pdl_options(k.device),
     )  # fmt: skip

@@ -16,6 +16,7 @@ import triton
 from torch import Tensor
 
 from specsa.config import Combine, NSAConfig
+from specsa.launch import pdl_options
 from specsa.nsa.kernels.refresh import _block_candidates_kernel, _cmp_partial_kernel, _select_kernel
 from specsa.nsa.kernels.sparse import _merge_kernel, _sparse_attention_kernel
 
@@ -83,6 +84,7 @@ def nsa_paged(
     num_blocks, capacity = block_table.shape[1], k_cmp.shape[1]
     rows = batch * num_queries
     f32 = dict(device=q.device, dtype=torch.float32)
+    pdl = pdl_options(q.device)
 
     # Compressed branch: needed for the selection, and for the output when gated.
     cmp_splits = 1
@@ -102,7 +104,7 @@ def nsa_paged(
             q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), scale,
             C=capacity, CHUNK=chunk, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride,
             QUERY_TILE=query_tile, G=group, G_PAD=group_pad, ROWS=max(16, query_tile * group_pad), D=head_dim,
-            BLOCK_N=block_n,
+            BLOCK_N=block_n, **pdl,
         )  # fmt: skip
 
     if selected is None:
@@ -116,14 +118,14 @@ def nsa_paged(
             C=capacity, CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits), CMP_BLOCK=cfg.cmp_block,
             CMP_STRIDE=cfg.cmp_stride, PAGE=page, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
             NUM_SEL=cfg.num_selected, NUM_SEL_PAD=_pow2(cfg.num_selected), SHARE_GROUP=min(share_group, num_queries),
-            G=group, G_PAD=group_pad,
+            G=group, G_PAD=group_pad, **pdl,
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
         num_candidates = sel_splits * cfg.num_selected
         rank_chunk = min(64, _pow2(num_candidates))
         _select_kernel[(rows * num_kv_heads, math.ceil(num_candidates / rank_chunk))](
             cand_block, cand_key, selected,
-            NUM_CAND=num_candidates, NUM_CAND_PAD=_pow2(num_candidates), CHUNK=rank_chunk, NUM_SEL=cfg.num_selected,
+            NUM_CAND=num_candidates, NUM_CAND_PAD=_pow2(num_candidates), CHUNK=rank_chunk, NUM_SEL=cfg.num_selected, **pdl,
         )  # fmt: skip
     elif selected.shape != (batch, num_queries, num_kv_heads, cfg.num_selected):
         raise ValueError(f"A reused selection must be [B, T, Hkv, n] = "
@@ -161,6 +163,7 @@ def _attend_union(
     num_selected = selected.shape[-1]
     group_pad = _pow2(num_q_heads // num_kv_heads)
     rows = batch * num_queries
+    pdl = pdl_options(q.device)
     if query_group is None:
         query_group = min(num_queries, max(1, MAX_TILE_ROWS // group_pad))
     query_groups = math.ceil(num_queries / query_group)
@@ -175,7 +178,7 @@ def _attend_union(
         block_table.stride(0), scale,
         WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), SPLITS=splits, MERGED=merged,
         QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
-        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=8, NUM_STAGES=num_stages,
+        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=8, NUM_STAGES=num_stages, **pdl,
     )  # fmt: skip
 
     cmp_part_o, cmp_part_ml, cmp_splits = cmp_parts
@@ -184,6 +187,6 @@ def _attend_union(
         part_o, part_ml, part_o if cmp_part_o is None else cmp_part_o, part_ml if cmp_part_ml is None else cmp_part_ml,
         part_ml if gates is None else gates.contiguous(), out,
         SPLITS=splits, SPLITS_PAD=_pow2(splits), CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits),
-        MERGED=merged, D=head_dim,
+        MERGED=merged, D=head_dim, **pdl,
     )  # fmt: skip
     return out

@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from specsa.launch import pdl_prologue
+
 
 @triton.jit
 def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
@@ -67,7 +69,9 @@ def _cmp_partial_kernel(
     ROWS: tl.constexpr,  # max(16, QUERY_TILE·G_PAD): the tile's rows
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     num_tiles = tl.cdiv(num_queries, QUERY_TILE)
     i_b, i_tile = tl.program_id(0) // num_tiles, tl.program_id(0) % num_tiles
     i_h, i_split = tl.program_id(1), tl.program_id(2)
@@ -186,9 +190,11 @@ def _block_candidates_kernel(
     SHARE_GROUP: tl.constexpr,  # `shared`: rank by the scores summed over this many adjacent queries
     G: tl.constexpr,
     G_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The refresh step of one query for one range of selection blocks: block scores and
     the range's own top n. The global top n is among these candidates."""
+    pdl_prologue(PDL)
     i_row, i_h, i_split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     num_kv_heads = tl.num_programs(1)
     i_b, i_t = i_row // num_queries, i_row % num_queries
@@ -228,11 +234,13 @@ def _select_kernel(
     NUM_CAND_PAD: tl.constexpr,
     CHUNK: tl.constexpr,
     NUM_SEL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The global top n among the ranges' candidates. Program (row, c) ranks candidates
     c·CHUNK … against all of them; ranks are unique, so a candidate ranked r < n is
     written to slot r (a -inf one, ranked after every real one, writes a -1 pad).
     Candidates sit in block order within equal keys: position breaks ties like index."""
+    pdl_prologue(PDL)
     base = tl.program_id(0) * NUM_CAND
     o_c = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
     m_c = o_c < NUM_CAND

@@ -18,6 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from specsa.launch import pdl_prologue
 from specsa.nsa.kernels.refresh import _online_softmax_step
 
 
@@ -55,7 +56,9 @@ def _sparse_attention_kernel(
     PAGE: tl.constexpr,
     ITEM_CHUNK: tl.constexpr,  # pages resolved together
     NUM_STAGES: tl.constexpr,  # software pipelining depth of the page loop
+    PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     num_groups = tl.cdiv(num_queries, QUERY_GROUP)
     i_b, i_group = tl.program_id(0) // num_groups, tl.program_id(0) % num_groups
     i_h, i_split = tl.program_id(1), tl.program_id(2)
@@ -179,8 +182,10 @@ def _merge_kernel(
     CMP_SPLITS_PAD: tl.constexpr,
     MERGED: tl.constexpr,
     D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The split-K partials merged, then the branches combined."""
+    pdl_prologue(PDL)
     row = tl.program_id(0)  # over B·T·Hq
     o_d = tl.arange(0, D)
     # Partials are [SPLITS, branch, D] outputs and [SPLITS, branch, (max, denominator)].
