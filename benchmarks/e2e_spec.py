@@ -13,9 +13,9 @@ in the run) and the acceptance it learns as it goes. Every strategy's tokens are
 the first difference; greedy `exact` differs only by bf16 rounding of near-ties, which
 random weights are full of). Past such a difference the oracle's verdict keeps the set
 acceptance (`Proposal.verdict`), so the cost measured stays the one asked for.
-Throughput = generated tokens / decode wall time; CUDA graphs on; prefill apart. Every
-strategy's oracle draws from the same seed (common random numbers), so they are compared
-on the same luck.
+Throughput = generated tokens / decode wall time; CUDA graphs on; prefill apart. The
+oracle's draw for a draft is keyed by the token it lands on and its draft position, so
+strategies meet the same luck (common random numbers) however their drafts fall.
 
     python benchmarks/e2e_spec.py --out benchmarks/results/h100/e2e_spec.json
 """

@@ -3,7 +3,8 @@
 probability. It measures what verification costs at a given acceptance on models whose
 real acceptance is meaningless (random weights); its figures must say "oracle". Its
 proposals carry their verdict (`Proposal.verdict`), so the acceptance stays the set one
-even where the target's bf16 rounding leaves the reference continuation.
+even where the target's bf16 rounding leaves the reference continuation. Each draw is
+seeded by where the draft lands, so runs with different draft lengths meet the same luck.
 """
 
 from __future__ import annotations
@@ -22,26 +23,32 @@ class OracleDrafter:
             raise ValueError(f"acceptance must be probabilities, one per draft position; got {acceptance}.")
         self.references = [(p, c) for p, c in zip(prompts, continuations)]
         self.acceptance, self.vocab_size = acceptance, vocab_size
-        self.random = random.Random(seed)  # Python's: a draw per drafted token, on the host
+        self.seed = seed
 
-    def continuation_of(self, context: list[int]) -> list[int]:
-        """What the reference continuation of this sequence's prompt holds after the tokens
-        committed so far. (If rounding made the target leave its reference, the oracle's
-        drafts are simply wrong from there on; benchmarks report the tokens that match.)"""
-        for prompt, continuation in self.references:
+    def continuation_of(self, context: list[int]) -> tuple[int, list[int]]:
+        """Which reference this sequence is, and what its continuation holds after the
+        tokens committed so far. (If rounding made the target leave its reference, the
+        drafts are wrong from there on; the verdict keeps the acceptance.)"""
+        for index, (prompt, continuation) in enumerate(self.references):
             tail = prompt[-16:]  # enough to tell prompts apart without comparing them whole
             if len(context) >= len(prompt) and context[len(prompt) - len(tail) : len(prompt)] == tail:
-                return continuation[len(context) - len(prompt) :]
+                return index, continuation[len(context) - len(prompt) :]
         raise ValueError("The oracle drafter has no reference continuation for this sequence's prompt.")
 
     def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
         drafts, verdict = [], []
         for context, k in zip(contexts, num_tokens):
-            tokens = self.continuation_of(context)[:k]
-            right = [self.random.random() < self.acceptance[min(i, len(self.acceptance) - 1)] for i in range(len(tokens))]
+            reference, tokens = self.continuation_of(context)
+            tokens = tokens[:k]
+            right = []
             for i, token in enumerate(tokens):
+                # The draw for draft position i landing on token len(context) + i of this
+                # sequence is the same whatever the draft lengths before it: strategies
+                # meet the same luck.
+                draw = random.Random(((self.seed * 1_000_003 + reference) << 40) ^ (len(context) << 8) ^ i)
+                right.append(draw.random() < self.acceptance[min(i, len(self.acceptance) - 1)])
                 if not right[i]:  # a wrong token: some other one
-                    tokens[i] = (token + 1 + self.random.randrange(self.vocab_size - 1)) % self.vocab_size
+                    tokens[i] = (token + 1 + draw.randrange(self.vocab_size - 1)) % self.vocab_size
             drafts.append(tokens)
             verdict.append(right.index(False) if False in right else len(tokens))
         return Proposal(drafts, None, verdict)

@@ -12,14 +12,18 @@ from specsa.spec.oracle import OracleDrafter
 
 
 def test_acceptance_by_position_follows_the_set_rates():
-    prompt, continuation = [1, 2, 3], list(range(10, 40))
-    oracle = OracleDrafter([prompt], [continuation], [0.9, 0.5, 0.1], vocab_size=100, seed=1)
+    prompt, continuation = [1, 2, 3], list(range(10, 2010))
+    oracle = OracleDrafter([prompt], [continuation], [0.9, 0.5, 0.1], vocab_size=100_000, seed=1)
     right = [0, 0, 0]
-    for _ in range(2000):
-        drafts = oracle.propose([0], [prompt + continuation[:5]], [3]).tokens[0]
-        for i, token in enumerate(drafts):
-            right[i] += token == continuation[5 + i]
-    assert [round(r / 2000, 1) for r in right] == [0.9, 0.5, 0.1]
+    for done in range(1, 1990):  # the draws depend on where a draft lands, so move along
+        proposal = oracle.propose([0], [prompt + continuation[:done]], [3])
+        for i, token in enumerate(proposal.tokens[0]):
+            right[i] += token == continuation[done + i]
+        assert proposal.verdict[0] == next((i for i in range(3) if proposal.tokens[0][i] != continuation[done + i]), 3)
+    assert [round(r / 1989, 1) for r in right] == [0.9, 0.5, 0.1]
+    again = OracleDrafter([prompt], [continuation], [0.9, 0.5, 0.1], vocab_size=100_000, seed=1)
+    context = prompt + continuation[:7]
+    assert again.propose([0], [context], [3]).tokens == oracle.propose([0], [context], [3]).tokens  # common luck
 
 
 def test_unknown_sequence_and_bad_rates_are_clear_errors():
