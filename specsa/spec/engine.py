@@ -118,20 +118,8 @@ def generate_speculative(
         draft_tokens = feed_ids.view(len(feed), width + 1)[:, 1:]
         lengths_before = [cache.lengths[slots[i]] for i in active]
         logits = step_logits(model, cache, graphs, feed_ids, [slots[i] for i in active], [width + 1] * len(feed))
-        if params.greedy:
-            target_argmax = logits.argmax(-1).view(len(feed), width + 1)
-            accepted, next_token = greedy_accept(draft_tokens, target_argmax, num_drafts_t)
-            if proposal.verdict is not None:  # a benchmark oracle's decision replaces the verifier's
-                accepted, next_token = verdict, target_argmax.gather(1, verdict[:, None])[:, 0]
-        elif proposal.verdict is not None:
-            raise ValueError("An oracle drafter's verdict is for greedy decoding; set temperature 0.")
-        else:
-            if proposal.probs is None:  # one-hot drafts
-                draft_probs = torch.nn.functional.one_hot(draft_tokens, model.config.vocab_size).float()
-            else:
-                draft_probs = proposal.probs[:, :width]
-            target_probs = target_probabilities(logits, params).view(len(feed), width + 1, -1)
-            accepted, next_token = rejection_sample(draft_tokens, draft_probs, target_probs, num_drafts_t, generator)
+        accepted, next_token = _accept(logits, draft_tokens, num_drafts_t, proposal.probs,
+                                       None if proposal.verdict is None else verdict, params, generator)  # fmt: skip
         t2 = synchronize(device)
 
         still_active = []
@@ -159,3 +147,22 @@ def generate_speculative(
     for gen in gens:
         gen.decode_s = decode_s
     return gens
+
+
+def _accept(logits, draft_tokens, num_drafts, draft_probs, verdict, params: SamplingParams, generator):
+    """(accepted [B], next_token [B]) from the verification logits [B·(K+1), V] of drafts
+    [B, K]. Greedy compares with the argmax (no [B, K, V] distributions); sampling runs the
+    rejection rule (`draft_probs` None: one-hot drafts). A benchmark oracle's `verdict` [B]
+    replaces the greedy decision."""
+    batch, k = draft_tokens.shape
+    if params.greedy:
+        target_argmax = logits.argmax(-1).view(batch, k + 1)
+        if verdict is not None:
+            return verdict, target_argmax.gather(1, verdict[:, None])[:, 0]
+        return greedy_accept(draft_tokens, target_argmax, num_drafts)
+    if verdict is not None:
+        raise ValueError("An oracle drafter's verdict is for greedy decoding; set temperature 0.")
+    if draft_probs is None:
+        draft_probs = torch.nn.functional.one_hot(draft_tokens, logits.shape[-1]).float()
+    target_probs = target_probabilities(logits, params).view(batch, k + 1, -1)
+    return rejection_sample(draft_tokens, draft_probs[:, :k], target_probs, num_drafts, generator)
