@@ -117,6 +117,9 @@ def test_profiles_are_saved_and_reused(tiny_llama, tmp_path, monkeypatch):
     assert len(measured) == 2  # reused
     profile.load_or_measure(model, [4000], [1], max_gamma=8, progress=False)
     assert measured[-1] == (4096, 1)  # a longer draft needs more step sizes: measured again
+    monkeypatch.setattr(profile, "_code_digest", lambda: "other kernels")
+    profile.load_or_measure(model, [4000], [1], max_gamma=4, progress=False)
+    assert len(measured) == 4  # another specsa's costs are not this one's
     assert profile.context_bucket(1) == 4096 and profile.context_bucket(4097) == 8192
 
 

@@ -8,6 +8,7 @@ NSA settings, precision and library versions, so a stale profile is never used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,11 +31,21 @@ def context_bucket(length: int) -> int:
     return max(4096, 1 << (max(length, 1) - 1).bit_length())
 
 
+@functools.cache
+def _code_digest() -> str:
+    """specsa's own source: new kernels or a new loop make an old profile's costs wrong."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def profile_path(model: CausalLM) -> Path:
     identity = json.dumps({
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "model": repr(model.config), "nsa": repr(model.nsa), "precision": repr(model.precision),
         "dtype": str(model.lm_head.weight.dtype), "torch": torch.__version__, "triton": triton.__version__,
+        "specsa": _code_digest(),
     }, sort_keys=True)  # fmt: skip
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     root = Path(os.environ.get("SPECSA_CACHE", Path.home() / ".cache" / "specsa"))
