@@ -19,7 +19,8 @@ import triton.language as tl
 @functools.cache
 def _pdl_supported(device_index: int) -> bool:
     """Hopper or later, and a Triton that has PDL (gdc_* and `launch_pdl` came together)."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or not hasattr(tl.extra.cuda, "gdc_wait"):
+    cuda = getattr(getattr(tl, "extra", None), "cuda", None)
+    if os.environ.get("TRITON_INTERPRET") == "1" or not hasattr(cuda, "gdc_wait"):
         return False
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
