@@ -26,7 +26,8 @@ def main() -> None:
     title = (f"{model}, RANDOM weights, ORACLE drafter at set acceptance rates ({first['gpu']}, CUDA graphs, "
              f"bf16): decode tokens/s by strategy; speed-ups over autoregressive NSA")  # fmt: skip
     meta = {"title": title, "sources": args.results, "gpu": first["gpu"], "torch": first["torch"],
-            "triton": first["triton"], "date": first["date"], "commands": [run["command"] for run in runs]}  # fmt: skip
+            "triton": first["triton"], "python": first.get("python", "not recorded"), "date": first["date"],
+            "commands": [run["command"] for run in runs]}  # fmt: skip
     write_report(rows, meta, Path(args.out))
 
 
