@@ -22,8 +22,9 @@ class Proposal:
 class Drafter(Protocol):
     def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
         """Draft up to num_tokens[i] tokens after contexts[i] (prompt + committed tokens)
-        for the sequence in target cache slot slots[i]. A drafter keeps its own state in
-        step with what was committed; the target's cache is left as it was found."""
+        for the sequence in target cache slot slots[i]. Steps that decode plainly do not
+        call it, so a drafter catches up on everything committed since its last call; the
+        target's cache is left as it was found."""
         ...
 
     def release(self, slot: int) -> None:

@@ -13,7 +13,7 @@ from specsa.generate import Generation, check_lengths, start_requests, step_grap
 from specsa.model.decoder import CausalLM
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import greedy_accept, rejection_sample
-from specsa.spec.drafter import Drafter
+from specsa.spec.drafter import Drafter, Proposal
 
 
 @dataclass
@@ -103,7 +103,10 @@ def generate_speculative(
         step_k = k if planner is None else planner.gamma()  # `auto`: chosen per step, 0 = plain decoding
         budgets = [min(step_k, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
         t0 = synchronize(device)
-        proposal = drafter.propose([slots[i] for i in active], contexts, budgets)
+        if step_k:
+            proposal = drafter.propose([slots[i] for i in active], contexts, budgets)
+        else:  # plain decoding: the drafter catches up on these tokens at its next proposal
+            proposal = Proposal([[] for _ in active], None)
         t1 = synchronize(device)
 
         num_drafts = [len(d) for d in proposal.tokens]
@@ -123,7 +126,7 @@ def generate_speculative(
         t2 = synchronize(device)
 
         still_active = []
-        accepted, next_token = accepted.tolist(), next_token.tolist()  # one device sync, not one per row
+        accepted, next_token = torch.stack([accepted, next_token]).tolist()  # one device sync, not one per row
         for row, i in enumerate(active):
             num_accepted = accepted[row]
             committed = proposal.tokens[row][:num_accepted] + [next_token[row]]
