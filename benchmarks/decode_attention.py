@@ -2,6 +2,11 @@
 the same cache, and the PyTorch reference, at real shapes. Both NSA and SDPA are timed
 as CUDA-graph replays (what the decode loop runs); NSA eager time is reported beside.
 
+Two graph timings per case: one layer per graph (`nsa_ms`, `sdpa_ms`), which includes the
+graph's own launch, and `--layers` layers per graph, each with its own cache, divided by
+the layer count (`*_ms_per_layer`): a decode step replays one graph for all its layers,
+so that is what a layer costs inside a step.
+
 For each (heads, head dim, context, batch) it checks the kernel against the reference
 (given the kernel's own selection, so bf16 near-ties in the ranking do not count as
 errors; the selection agreement is reported apart), then times with
@@ -46,9 +51,9 @@ def step_bytes(cfg: NSAConfig, context: int, selected: torch.Tensor, kv_heads: i
     return 2 * 2 * dim * (sum(per_head_tokens) + cmp_tokens)  # K and V, bf16
 
 
-def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
+def run_case(cfg, hq, hkv, dim, context, batch, layers: int, check: bool) -> dict:
     device = "cuda"
-    cache = PagedKVCache(num_layers=1, num_kv_heads=hkv, head_dim=dim, max_seqs=batch, max_len=context,
+    cache = PagedKVCache(num_layers=layers, num_kv_heads=hkv, head_dim=dim, max_seqs=batch, max_len=context,
                          page_size=cfg.sel_block, nsa=cfg, dtype=torch.bfloat16, device=device)  # fmt: skip
     for _ in range(batch):
         cache.extend(cache.allocate(), context)
@@ -62,7 +67,7 @@ def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
     args = (q, cache.k_pages[0], cache.v_pages[0], cache.block_table, slots, seq_lens, cache.k_cmp[0], cache.v_cmp[0], cfg)
     out, selected = nsa_paged(*args)
     out, selected = out[:, 0], selected[:, 0]
-    row = {"hq": hq, "hkv": hkv, "d": dim, "context": context, "batch": batch}
+    row = {"hq": hq, "hkv": hkv, "d": dim, "context": context, "batch": batch, "layers_per_graph": layers}
 
     if check:  # first sequence against the reference, in float32
         k, v = (x.float() for x in cache.keys_values(0, 0))
@@ -86,16 +91,21 @@ def run_case(cfg, hq, hkv, dim, context, batch, check: bool) -> dict:
     row["nsa_ms"], row["nsa_ms_again"] = bench(step), bench(step)
     with pdl_disabled():  # the same step without programmatic dependent launch
         row["nsa_ms_no_pdl"] = bench(graphed(lambda: nsa_paged(*args)))
+    layer_args = [(q, cache.k_pages[i], cache.v_pages[i], *args[3:6], cache.k_cmp[i], cache.v_cmp[i], cfg)
+                  for i in range(layers)]  # fmt: skip
+    row["nsa_ms_per_layer"] = bench(graphed(lambda: [nsa_paged(*a) for a in layer_args])) / layers
     row["bytes"] = step_bytes(cfg, context, selected, hkv, dim, batch)
     row["nsa_gbps"] = row["bytes"] / (min(row["nsa_ms"], row["nsa_ms_again"]) * 1e-3) / 1e9
-    del cache, step
+    del cache, step, layer_args
 
-    k_dense = torch.randn(batch, hkv, context, dim, device=device, dtype=torch.bfloat16)
+    k_dense = torch.randn(layers, batch, hkv, context, dim, device=device, dtype=torch.bfloat16)
     v_dense = torch.randn_like(k_dense)
     q4 = q.transpose(1, 2)
-    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q4, k_dense, v_dense, enable_gqa=True)  # noqa: E731
-    row["sdpa_ms"] = bench(graphed(sdpa))
+    sdpa = lambda i: torch.nn.functional.scaled_dot_product_attention(q4, k_dense[i], v_dense[i], enable_gqa=True)  # noqa: E731
+    row["sdpa_ms"] = bench(graphed(lambda: sdpa(0)))
+    row["sdpa_ms_per_layer"] = bench(graphed(lambda: [sdpa(i) for i in range(layers)])) / layers
     row["speedup_vs_sdpa"] = row["sdpa_ms"] / row["nsa_ms"]
+    row["speedup_vs_sdpa_per_layer"] = row["sdpa_ms_per_layer"] / row["nsa_ms_per_layer"]
     del k_dense, v_dense
     torch.cuda.empty_cache()
     if hq // hkv >= 16 and batch == 1:  # fla's NSA runs only there; its wheels travel in .whl/
@@ -117,6 +127,7 @@ def main() -> None:
     parser.add_argument("--contexts", default="4096,16384,65536,131072")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--shapes", default=",".join(f"{hq}/{hkv}/{d}" for hq, hkv, d in SHAPES), help="Hq/Hkv/D,…")
+    parser.add_argument("--layers", type=int, default=8, help="layers per graph for the per-layer timing")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cfg = NSAConfig()
@@ -126,16 +137,19 @@ def main() -> None:
     for hq, hkv, dim in (map(int, shape.split("/")) for shape in args.shapes.split(",")):
         for context in map(int, args.contexts.split(",")):
             for batch in map(int, args.batches.split(",")):
-                if batch * context * hkv * dim * 2 * 2 * 2 > 40e9:  # paged + dense copies must fit
+                layer_bytes = batch * context * hkv * dim * 2 * 2  # K and V in bf16, paged or dense
+                layers = min(args.layers, int(30e9 // layer_bytes))
+                if layers < 1:
                     continue
-                row = run_case(cfg, hq, hkv, dim, context, batch, check=batch == 1)
+                row = run_case(cfg, hq, hkv, dim, context, batch, layers, check=batch == 1)
                 row["pct_copy_bw"] = 100 * row["nsa_gbps"] * 1e9 / bandwidth
                 rows.append(row)
                 print(
                     f"Hq{hq:3d} Hkv{hkv} D{dim:3d} ctx{context:7d} B{batch:3d}  nsa {row['nsa_ms']:.4f}/{row['nsa_ms_again']:.4f} ms"
                     f" (eager {row['nsa_eager_ms']:.3f}, no PDL {row['nsa_ms_no_pdl']:.4f})"
                     f" ({row['nsa_gbps']:.0f} GB/s, {row['pct_copy_bw']:.0f}%)  sdpa {row['sdpa_ms']:.4f} ms"
-                    f"  x{row['speedup_vs_sdpa']:.2f}"
+                    f"  x{row['speedup_vs_sdpa']:.2f}  per layer of {layers}: nsa {row['nsa_ms_per_layer']:.4f} sdpa"
+                    f" {row['sdpa_ms_per_layer']:.4f} x{row['speedup_vs_sdpa_per_layer']:.2f}"
                     + (f"  fla {row.get('fla_full_ms')} (given idx {row.get('fla_given_indices_ms')})" if "fla_full_ms" in row else "")
                     + (f"  err {row['rel_error']:.1e} sel {row['selection_agreement']:.3f} ref {row['reference_ms_batch1']:.3f} ms"
                        if "rel_error" in row else ""),  # fmt: skip

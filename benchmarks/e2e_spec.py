@@ -5,7 +5,7 @@ Random weights make real drafters' acceptance meaningless, so drafts come from t
 target's own greedy continuation (recorded by the autoregressive run), each position
 right with the acceptance rates by position measured on SmolLM2 (`ngram` on the
 repeat-this-code prompt: 0.50 / 0.40 / 0.40 / 0.46, later positions as the last), or a
-flat rate. The oracle costs no draft time, like a prompt-lookup drafter with an index:
+flat rate (0.8, or 0.05 where speculation never pays). The oracle costs no draft time, like a prompt-lookup drafter with an index:
 these figures are the verification side's, labelled "oracle" everywhere.
 
 `auto` is `--spec auto`'s planner with this point's measured step costs (a profile taken
@@ -41,7 +41,9 @@ from specsa.spec.engine import generate_speculative
 from specsa.spec.oracle import OracleDrafter
 
 NSA_PREFILL_CHUNK = 4096  # prefill is not timed; larger chunks only make the run shorter
-RATES = {"oracle@smollm2-ngram": [0.50, 0.40, 0.40, 0.46], "oracle@0.8": [0.8]}
+# SmolLM2's measured rates; a high flat rate; a rate at which speculation never pays
+# (`auto` must then fall back to plain decoding and stay within 5% of AR).
+RATES = {"oracle@smollm2-ngram": [0.50, 0.40, 0.40, 0.46], "oracle@0.8": [0.8], "oracle@0.05": [0.05]}
 
 
 def main() -> None:
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--contexts", default="16384,32768,65536")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--gammas", default="2,4,8")
-    parser.add_argument("--rates", default=",".join(RATES), help=f"acceptance rate sets among {list(RATES)}")
+    parser.add_argument("--rates", default="oracle@smollm2-ngram,oracle@0.8", help=f"acceptance rate sets among {list(RATES)}")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -102,6 +104,7 @@ def main() -> None:
                 spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, max_gamma, planner=planner,
                                             prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
                 record(dict(base, strategy=f"{name} auto", steps_by_gamma=planner.chosen,
+                            mean_step_ms_by_gamma=planner.mean_step_ms(), learnt_overhead_ms=planner.overhead_ms,
                             policy_choice_at_true_rates=choose(costs, {"oracle": rates}, max_gamma).gamma,
                             tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
                             speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,
@@ -112,6 +115,7 @@ def main() -> None:
                     spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, gamma,
                                                 prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
                     record(dict(base, strategy=f"{name} γ={gamma}", gamma=gamma,
+                                mean_step_ms=1e3 * spec[0].decode_s / spec[0].stats.target_forwards,
                                 tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
                                 speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,
                                 acceptance_length=sum(s.stats.acceptance_length for s in spec) / batch,

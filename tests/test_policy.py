@@ -133,3 +133,19 @@ def test_auto_planner_learns_the_loops_overhead_and_drafts_longer():
         planner.observe_step(0, FLAT.step_ms(None, 0) + 10.0)
         planner.observe_step(8, FLAT.step_ms("ngram", 8) + 10.0)
     assert planner.overhead_ms == pytest.approx(10.0)
+
+
+def test_profile_fit_is_nondecreasing_and_averages_a_slow_sample():
+    """A slow first sample (T = 1) must not make every longer step look as cheap as it."""
+    from specsa.orchestrate.profile import nondecreasing
+
+    assert nondecreasing([2.0, 1.0, 1.0, 1.0, 3.0]) == [1.25, 1.25, 1.25, 1.25, 3.0]
+    assert nondecreasing([1.0, 2.0, 2.0, 3.0]) == [1.0, 2.0, 2.0, 3.0]
+    assert nondecreasing([]) == []
+
+
+def test_planner_reports_measured_step_times():
+    planner = AutoPlanner(StepCosts({1: 1.0, 2: 1.1, 3: 1.2}, {"ngram": 0.0}), "ngram", 2)
+    for gamma, ms in ((0, 1.5), (2, 2.0), (2, 3.0)):
+        planner.observe_step(gamma, ms)
+    assert planner.mean_step_ms() == {0: 1.5, 2: 2.5}

@@ -123,7 +123,8 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                            acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
                            token_match=token_match(results, reference))  # fmt: skip
                 if planner is not None:
-                    row["steps_by_gamma"] = planner.chosen
+                    row.update(steps_by_gamma=planner.chosen, mean_step_ms_by_gamma=planner.mean_step_ms(),
+                               learnt_overhead_ms=planner.overhead_ms)
                 rows.append(row)
     return rows
 

@@ -10,6 +10,8 @@ when it beats it.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -105,20 +107,23 @@ class AutoPlanner:
     so a request that turns predictable (a quoted passage, code being copied) is noticed."""
 
     probe_every = 16  # autoregressive steps between probes
-    time_decay = 0.8  # weight of the past in the moving average of the per-step overhead
+    overhead_window = 16  # the learnt overhead is the median over this many recent steps
 
     def __init__(self, costs: StepCosts, drafter: str, max_gamma: int, costs_source: str = "", calibrate: bool = True):
         """`calibrate`: learn the loop's per-step overhead over the profile as it runs;
         only for costs in milliseconds (not `linear_costs`, whose unit is a decode step).
         One overhead for every γ, not a time per γ: a γ tried once on a slow step would
-        otherwise look dear for good, as it would never be tried again."""
+        otherwise look dear for good, as it would never be tried again. A median, not a
+        mean: one slow step (a garbage collection, a new shape) must not move it."""
         self.costs, self.drafter, self.max_gamma, self.calibrate = costs, drafter, max_gamma, calibrate
         self.costs_source = costs_source  # where the costs came from, for reports
         self.tracker = AcceptanceTracker(max_gamma)
         self.chosen: dict[int, int] = {}  # γ -> steps
         self.since_speculating = 0
         self.can_pay = choose(costs, {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
-        self.overhead_ms: float | None = None  # moving average of (measured - profiled) step time
+        self.overheads: deque[float] = deque(maxlen=self.overhead_window)  # measured - profiled step times
+        self.overhead_ms: float | None = None  # their median
+        self.step_ms: dict[int, list[float]] = {}  # γ -> each step's measured time, for reports
 
     def gamma(self) -> int:
         costs = self.costs if self.overhead_ms is None else self.costs.with_overhead(self.overhead_ms)
@@ -132,13 +137,17 @@ class AutoPlanner:
     def observe(self, num_drafted: int, num_accepted: int) -> None:
         self.tracker.observe(num_drafted, num_accepted)
 
+    def mean_step_ms(self) -> dict[int, float]:
+        """γ -> the mean measured time of the steps that drafted γ tokens."""
+        return {gamma: sum(times) / len(times) for gamma, times in sorted(self.step_ms.items())}
+
     def observe_step(self, gamma: int, ms: float) -> None:
         """A whole step that drafted γ tokens per sequence took `ms`."""
+        self.step_ms.setdefault(gamma, []).append(ms)
         if not self.calibrate:
             return
-        extra = ms - self.costs.step_ms(self.drafter if gamma else None, gamma)
-        past = self.overhead_ms
-        self.overhead_ms = extra if past is None else self.time_decay * past + (1 - self.time_decay) * extra
+        self.overheads.append(ms - self.costs.step_ms(self.drafter if gamma else None, gamma))
+        self.overhead_ms = statistics.median(self.overheads)
 
 
 def linear_costs(max_gamma: int) -> StepCosts:

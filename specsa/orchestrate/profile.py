@@ -52,40 +52,56 @@ def profile_path(model: CausalLM) -> Path:
     return root / "profiles" / f"{digest}.json"
 
 
-def _timed_ms(fn, repeats: int) -> float:
-    """Median milliseconds of fn run to completion, after warm-up: each step is synced as
-    the decode loop syncs it, and the median ignores the odd slow one."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+def _timed_ms(fn) -> float:
+    """Milliseconds of fn run to completion, synced as the decode loop syncs a step."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - start)
 
 
-def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int, repeats: int = 20) -> StepCosts:
+def nondecreasing(values: list[float]) -> list[float]:
+    """The least-squares nondecreasing fit (pool adjacent violators). A step of more tokens
+    does more work, so timing noise may not make it look cheaper; a slow sample is averaged
+    with its neighbours rather than raising every later one."""
+    pools: list[tuple[float, int]] = []  # (mean, count)
+    for value in values:
+        pools.append((value, 1))
+        while len(pools) > 1 and pools[-2][0] > pools[-1][0]:
+            (m2, c2), (m1, c1) = pools.pop(), pools.pop()
+            pools.append(((m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2))
+    return [mean for mean, count in pools for _ in range(count)]
+
+
+def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int, rounds: int = 20) -> StepCosts:
     """Target steps of T = 1 … max_gamma+1 tokens per sequence after `context` tokens
-    (the cache's contents do not change the cost), and prompt lookup on such a context."""
+    (the cache's contents do not change the cost), and prompt lookup on such a context.
+    Each round times every T once, so a slow stretch of the GPU (clocks, a neighbour)
+    touches all of them alike; a T's cost is its median over the rounds."""
     cache = model.new_cache(batch, context + max_gamma + 1)
     slots = [cache.allocate() for _ in range(batch)]
     for slot in slots:
         cache.extend(slot, context)
     graphs = StepGraphs(model, cache)
-    target_ms = {}
-    for query_len in range(1, max_gamma + 2):
+    query_lens = range(1, max_gamma + 2)
+    steps = {}
+    for query_len in query_lens:
         ids = torch.zeros(batch * query_len, dtype=torch.long, device=cache.block_table.device)
 
-        def step():
+        def step(ids=ids, query_len=query_len):
             graphs.logits(ids, slots, query_len)
             for slot in slots:
                 cache.truncate(slot, context)
 
-        # A step of more tokens does more work: timing noise may not make it look cheaper.
-        target_ms[query_len] = max(_timed_ms(step, repeats), target_ms.get(query_len - 1, 0.0))
+        steps[query_len] = step
+        for _ in range(3):  # capture and warm up
+            step()
+    times = {t: [] for t in query_lens}
+    for _ in range(rounds):
+        for query_len, step in steps.items():
+            times[query_len].append(_timed_ms(step))
+    target_ms = dict(zip(query_lens, nondecreasing([statistics.median(times[t]) for t in query_lens])))
     text = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     lookup = NgramDrafter()
     lookup.propose(slots, [text] * batch, [max_gamma] * batch)  # indexes the prompt once

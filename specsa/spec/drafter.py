@@ -27,6 +27,13 @@ class Drafter(Protocol):
         target's cache is left as it was found."""
         ...
 
+    def start(self, slot: int, context: list[int]) -> None:
+        """The sequence in `slot` starts decoding after `context` (its prompt and first
+        token). A drafter reads the prompt here, as part of the request's prefill (prompt
+        lookup indexes it, a draft model prefills it), so that its first proposal costs
+        what the later ones do."""
+        ...
+
     def release(self, slot: int) -> None:
         """The sequence in `slot` has finished."""
         ...

@@ -92,6 +92,10 @@ def generate_speculative(
     graphs = step_graphs(model, cache, cuda_graphs)
 
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
+    for i in active:  # the drafter reads each prompt, as part of that request's prefill
+        began = synchronize(device)
+        drafter.start(slots[i], gens[i].context)
+        gens[i].prefill_s += synchronize(device) - began
     if graphs is not None and active:  # every step shape the loop can take, before the timer
         graphs.prepare_all(len(active), range(1, k + 2))
     start = synchronize(device)

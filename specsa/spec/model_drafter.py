@@ -40,10 +40,8 @@ class ModelDrafter:
         if k == 0:
             return Proposal([[] for _ in slots], None)
         own = [self.own_slot(slot) for slot in slots]
-        for slot, context in zip(own, contexts):  # catch up on committed tokens, in chunks
-            behind = context[self.cache.lengths[slot] : -1]
-            if behind:
-                prefill(self.model, self.cache, slot, behind, self.prefill_chunk)
+        for slot, context in zip(own, contexts):
+            self._catch_up(slot, context)
         device = self.model.lm_head.weight.device
         step_ids = torch.tensor([context[-1] for context in contexts], device=device)
         tokens, probs = [], []
@@ -57,6 +55,15 @@ class ModelDrafter:
             self.cache.truncate(slot, len(context) - 1)
         drafted = torch.stack(tokens, 1).tolist()  # [B, K]
         return Proposal([d[:n] for d, n in zip(drafted, num_tokens)], torch.stack(probs, 1))
+
+    def _catch_up(self, own_slot: int, context: list[int]) -> None:
+        """Prefill this drafter's cache with the context's tokens it has not seen, in chunks."""
+        behind = context[self.cache.lengths[own_slot] : -1]
+        if behind:
+            prefill(self.model, self.cache, own_slot, behind, self.prefill_chunk)
+
+    def start(self, slot: int, context: list[int]) -> None:
+        self._catch_up(self.own_slot(slot), context)
 
     def release(self, slot: int) -> None:
         pass

@@ -52,5 +52,8 @@ class NgramDrafter:
     def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
         return Proposal([self.lookup(c, k, s) for s, c, k in zip(slots, contexts, num_tokens)], None)
 
+    def start(self, slot: int, context: list[int]) -> None:
+        self._index(slot, context)
+
     def release(self, slot: int) -> None:
         self.indexes.pop(slot, None)

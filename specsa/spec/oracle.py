@@ -53,5 +53,8 @@ class OracleDrafter:
             verdict.append(right.index(False) if False in right else len(tokens))
         return Proposal(drafts, None, verdict)
 
+    def start(self, slot: int, context: list[int]) -> None:
+        pass
+
     def release(self, slot: int) -> None:
         pass
