@@ -118,6 +118,15 @@ def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None,
     return model.logits(model(token_ids, slots, query_lens, cache))
 
 
+def decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator) -> list[int]:
+    """One autoregressive step of the active requests (indices into gens and slots): each
+    one's last token in, one sampled token out. Returns the requests still running."""
+    ids = torch.tensor([gens[i].token_ids[-1] for i in active], device=model.lm_head.weight.device)
+    logits = step_logits(model, cache, graphs, ids, [slots[i] for i in active], [1] * len(active))
+    next_tokens = sample(logits, params, generator).tolist()
+    return [i for i, token in zip(active, next_tokens) if not gens[i].add(token, params, eos_ids)]
+
+
 def generate(
     model: CausalLM,
     prompts: list[list[int]],
@@ -145,10 +154,7 @@ def generate(
 
     bar = tqdm(total=params.max_new_tokens, desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:
-        ids = torch.tensor([gens[i].token_ids[-1] for i in active], device=device)
-        logits = step_logits(model, cache, graphs, ids, [slots[i] for i in active], [1] * len(active))
-        next_tokens = sample(logits, params, generator).tolist()
-        active = [i for i, token in zip(active, next_tokens) if not gens[i].add(token, params, eos_ids)]
+        active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator)
         bar.update(1)
     bar.close()
     decode_s = synchronize(device) - start

@@ -127,12 +127,24 @@ def test_auto_planner_learns_the_loops_overhead_and_drafts_longer():
     """Whole steps that take 10 ms more than profiled (host work the graph replays leave
     out) make every step dearer alike, so longer drafts pay: γ 4 -> 8 at acceptance 0.7."""
     assert choose(FLAT, {"ngram": [0.7]}, 8).gamma == 4
-    assert choose(FLAT.with_overhead(10.0), {"ngram": [0.7]}, 8).gamma == 8
+    assert choose(FLAT.with_overhead(10.0, 10.0), {"ngram": [0.7]}, 8).gamma == 8
     planner = AutoPlanner(FLAT, "ngram", 8)
     for _ in range(30):
         planner.observe_step(0, FLAT.step_ms(None, 0) + 10.0)
         planner.observe_step(8, FLAT.step_ms("ngram", 8) + 10.0)
-    assert planner.overhead_ms == pytest.approx(10.0)
+    assert planner.overhead_ms == pytest.approx({"plain": 10.0, "speculative": 10.0})
+
+
+def test_auto_planner_keeps_plain_and_speculative_overheads_apart():
+    """Plain steps skip drafting and acceptance: their lower overhead must not make
+    speculation look cheap, nor one slow step (the first, say) make it look dear."""
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    planner.observe_step(4, FLAT.step_ms("ngram", 4) + 100.0)  # a one-off slow step
+    assert planner.overhead_ms == {"plain": 100.0, "speculative": 100.0}  # the only evidence yet
+    for _ in range(5):
+        planner.observe_step(0, FLAT.step_ms(None, 0) + 0.1)
+        planner.observe_step(4, FLAT.step_ms("ngram", 4) + 0.5)
+    assert planner.overhead_ms == pytest.approx({"plain": 0.1, "speculative": 0.5})
 
 
 def test_profile_fit_is_nondecreasing_and_averages_a_slow_sample():

@@ -38,10 +38,12 @@ class StepCosts:
             return self.target_ms[1]
         return gamma * self.draft_ms_per_token[drafter] + self.target_ms[gamma + 1]
 
-    def with_overhead(self, extra_ms: float) -> StepCosts:
-        """These costs with `extra_ms` more per step: the host work of a running loop,
-        which the profile's graph replays leave out."""
-        return StepCosts({t: ms + extra_ms for t, ms in self.target_ms.items()}, self.draft_ms_per_token)
+    def with_overhead(self, plain_ms: float, speculative_ms: float) -> StepCosts:
+        """These costs with the host work of a running loop, which the profile's graph
+        replays leave out: `plain_ms` more per plain decoding step (T = 1), `speculative_ms`
+        per verification step (drafting bookkeeping, acceptance)."""
+        target_ms = {t: ms + (plain_ms if t == 1 else speculative_ms) for t, ms in self.target_ms.items()}
+        return StepCosts(target_ms, self.draft_ms_per_token)
 
 
 @dataclass(frozen=True)
@@ -112,21 +114,31 @@ class AutoPlanner:
     def __init__(self, costs: StepCosts, drafter: str, max_gamma: int, costs_source: str = "", calibrate: bool = True):
         """`calibrate`: learn the loop's per-step overhead over the profile as it runs;
         only for costs in milliseconds (not `linear_costs`, whose unit is a decode step).
-        One overhead for every γ, not a time per γ: a γ tried once on a slow step would
-        otherwise look dear for good, as it would never be tried again. A median, not a
-        mean: one slow step (a garbage collection, a new shape) must not move it."""
+        Two overheads, for plain and for speculative steps (a plain step skips drafting and
+        acceptance), not a time per γ: a γ tried once on a slow step would otherwise look
+        dear for good, as it would never be tried again. Medians, not means: one slow step
+        (a garbage collection, a new shape) must not move them."""
         self.costs, self.drafter, self.max_gamma, self.calibrate = costs, drafter, max_gamma, calibrate
         self.costs_source = costs_source  # where the costs came from, for reports
         self.tracker = AcceptanceTracker(max_gamma)
         self.chosen: dict[int, int] = {}  # γ -> steps
         self.since_speculating = 0
         self.can_pay = choose(costs, {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
-        self.overheads: deque[float] = deque(maxlen=self.overhead_window)  # measured - profiled step times
-        self.overhead_ms: float | None = None  # their median
+        # measured - profiled step times, of plain (False) and speculative (True) steps
+        self.overheads: dict[bool, deque[float]] = {kind: deque(maxlen=self.overhead_window) for kind in (False, True)}
         self.step_ms: dict[int, list[float]] = {}  # γ -> each step's measured time, for reports
 
+    @property
+    def overhead_ms(self) -> dict[str, float] | None:
+        """The learnt overheads, {"plain", "speculative"}; a kind not seen yet takes the other's."""
+        learnt = {kind: statistics.median(times) for kind, times in self.overheads.items() if times}
+        if not learnt:
+            return None
+        return {"plain": learnt.get(False, learnt.get(True)), "speculative": learnt.get(True, learnt.get(False))}
+
     def gamma(self) -> int:
-        costs = self.costs if self.overhead_ms is None else self.costs.with_overhead(self.overhead_ms)
+        overhead = self.overhead_ms
+        costs = self.costs if overhead is None else self.costs.with_overhead(overhead["plain"], overhead["speculative"])
         gamma = choose(costs, {self.drafter: self.tracker.estimate()}, self.max_gamma).gamma
         self.since_speculating = 0 if gamma else self.since_speculating + 1
         if not gamma and self.can_pay and self.since_speculating >= self.probe_every:
@@ -146,8 +158,7 @@ class AutoPlanner:
         self.step_ms.setdefault(gamma, []).append(ms)
         if not self.calibrate:
             return
-        self.overheads.append(ms - self.costs.step_ms(self.drafter if gamma else None, gamma))
-        self.overhead_ms = statistics.median(self.overheads)
+        self.overheads[gamma > 0].append(ms - self.costs.step_ms(self.drafter if gamma else None, gamma))
 
 
 def linear_costs(max_gamma: int) -> StepCosts:

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from specsa.generate import Generation, check_lengths, start_requests, step_graphs, step_logits, synchronize
+from specsa.generate import (Generation, check_lengths, decode_step, start_requests, step_graphs, step_logits,
+                              synchronize)  # fmt: skip
 from specsa.model.decoder import CausalLM
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import greedy_accept, rejection_sample
-from specsa.spec.drafter import Drafter, Proposal
+from specsa.spec.drafter import Drafter
 
 
 @dataclass
@@ -103,14 +104,21 @@ def generate_speculative(
     bar = tqdm(total=params.max_new_tokens * len(prompts), desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:
         step_start = time.perf_counter()
-        contexts = [gens[i].context for i in active]
         step_k = k if planner is None else planner.gamma()  # `auto`: chosen per step, 0 = plain decoding
+        if step_k == 0:  # a plain step, exactly as `generate` takes it; the drafter catches up later
+            still_active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator)
+            for i in active:
+                gens[i].stats.record(0, 0, 1)
+                if i not in still_active:
+                    drafter.release(slots[i])
+            bar.update(len(active))
+            planner.observe_step(0, 1e3 * (time.perf_counter() - step_start))
+            active = still_active
+            continue
+        contexts = [gens[i].context for i in active]
         budgets = [min(step_k, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
         t0 = synchronize(device)
-        if step_k:
-            proposal = drafter.propose([slots[i] for i in active], contexts, budgets)
-        else:  # plain decoding: the drafter catches up on these tokens at its next proposal
-            proposal = Proposal([[] for _ in active], None)
+        proposal = drafter.propose([slots[i] for i in active], contexts, budgets)
         t1 = synchronize(device)
 
         num_drafts = [len(d) for d in proposal.tokens]

@@ -108,3 +108,35 @@ def test_bad_speculation_settings_are_rejected(target, tmp_path):
         DraftModelDrafter(small_vocab, target, 1, 100, PARAMS, None)
     with pytest.raises(ValueError, match="cmp_block"):
         SelfDrafter(target, target.new_cache(1, 10), PARAMS, None, draft_nsa=dataclasses.replace(target.nsa, cmp_block=16))
+
+
+class _Alternating:
+    """A planner that switches between plain steps and drafts of 2 and 5 tokens."""
+
+    def __init__(self):
+        self.steps, self.observed = 0, []
+
+    def gamma(self) -> int:
+        self.steps += 1
+        return (0, 2, 0, 0, 5)[self.steps % 5]
+
+    def observe(self, num_drafted: int, num_accepted: int) -> None:
+        pass
+
+    def observe_step(self, gamma: int, ms: float) -> None:
+        self.observed.append(gamma)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_plain_and_speculative_steps_mixed_equal_autoregressive(target, other_model, batch):
+    """`auto` mixes plain steps (no drafter call) with drafts: every drafter catches up on
+    the tokens committed without it, and the output stays the autoregressive one."""
+    prompts = repetitive_prompts(BATCHES[batch])
+    expected = [g.token_ids for g in generate(target, prompts, PARAMS, frozenset())]
+    for name, factory in drafter_factories(target, other_model).items():
+        planner = _Alternating()
+        results = generate_speculative(target, prompts, PARAMS, frozenset(), factory, 5, planner=planner)
+        assert [r.token_ids for r in results] == expected, name
+        assert 0 in planner.observed and 5 in planner.observed
+        for r in results:
+            assert r.stats.committed == len(r.token_ids) - 1
