@@ -104,7 +104,8 @@ def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int
     target_ms = dict(zip(query_lens, nondecreasing([statistics.median(times[t]) for t in query_lens])))
     text = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     lookup = NgramDrafter()
-    lookup.propose(slots, [text] * batch, [max_gamma] * batch)  # indexes the prompt once
+    for slot in slots:
+        lookup.start(slot, text)  # indexes the prompt, as a request's prefill does
     texts = [text + [i] for i in range(batch)]  # a step later: one more token each
     start = time.perf_counter()
     lookup.propose(slots, texts, [max_gamma] * batch)
