@@ -151,3 +151,56 @@ def test_model_decode_with_kernels_equals_reference(tiny_llama):
     cache.truncate(0, 56)
     torch.testing.assert_close(model.logits(model(torch.tensor([5], device=DEVICE), [0], [1], cache)), ref_logits,
                                atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+TREES = {  # each node's parent; -1: a child of the last committed token
+    "two-branches": [-1, 0, 0, 1, 2, 2, 4],
+    "two-roots": [-1, -1, 0, 1, 1, 3],
+}
+
+
+@pytest.mark.parametrize("combine", ["merged", "gated"])
+@pytest.mark.parametrize(
+    "case, tree, query_group",
+    [("mixed-lengths", "two-branches", None), ("window-past-selection", "two-roots", 2), ("many-blocks", "two-branches", 1)],
+)
+def test_tree_verification_equals_reference(case, tree, query_group, combine):
+    """Draft-tree nodes (tokens in the cache in node order) each get what decoding along
+    their own path gives: their own position, their ancestors only, compressed tokens
+    formed along the path (the cache's own, formed in node order, must not be read)."""
+    from specsa.nsa.reference import nsa_verify
+    from specsa.nsa.tree import draft_tree, tree_mask
+
+    fields, lengths, hq, hkv, dim = CASES[case]
+    cfg = NSAConfig(**fields, combine=combine)
+    mask = tree_mask(TREES[tree])
+    nodes = mask.shape[0]
+    lengths = [n + nodes for n in lengths]
+    cache = filled_cache(cfg, lengths, hkv, dim, seed=nodes)
+    gen = torch.Generator().manual_seed(len(case))
+    q = torch.randn(len(lengths), nodes, hq, dim, generator=gen).to(DEVICE)
+    gates = torch.rand(len(lengths), nodes, hq, 3, generator=gen).to(DEVICE)
+    slots = torch.arange(len(lengths), dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    raw = [cache.keys_values(0, b) for b in range(len(lengths))]
+    tree_inputs = draft_tree(mask, [k for k, _ in raw], [v for _, v in raw], cfg)
+    out, selected = nsa_paged(
+        q, cache.k_pages[0], cache.v_pages[0], cache.block_table, slots, seq_lens, cache.k_cmp[0], cache.v_cmp[0],
+        cfg, gates=gates, query_group=query_group, splits=2, tree=tree_inputs,
+    )  # fmt: skip
+    for b, (k, v) in enumerate(raw):
+        ref = nsa_verify(q[b, None], k[None], v[None], cfg, tree_mask=mask, gates=gates[b, None])
+        assert torch.equal(ascending(selected[b]), ascending(ref.selected[0])), f"sequence {b}"
+        torch.testing.assert_close(out[b], ref.out[0], atol=2e-5, rtol=2e-5)
+
+
+def test_draft_tree_rejects_what_the_kernel_cannot_compute():
+    from specsa.nsa.tree import draft_tree, tree_mask
+
+    cfg = NSAConfig(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=3, window=24)
+    deep = tree_mask(list(range(-1, 16)))  # depth 16 = l'
+    k = torch.zeros(40, 1, 8)
+    with pytest.raises(ValueError, match="shallower"):
+        draft_tree(deep, [k], [k], cfg)
+    with pytest.raises(ValueError, match="parent"):
+        tree_mask([-1, 1])

@@ -3,7 +3,8 @@
 It shares nothing with specsa.nsa.reference: overlap weights come from interval
 intersection, selection from a Python sort, every branch from a gathered list of key
 positions. Only a learned φ (an nn.Module handed in) is called as is.
-Plus small helpers the tests share: random inputs, gates, MLP compressions, tree masks.
+Plus small helpers the tests share: random inputs, gates, MLP compressions, tree masks
+(specsa's own `tree_mask`: a mask builder, not NSA semantics).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from specsa.config import Combine, NSAConfig
 from specsa.nsa.compression import MLPCompression
+from specsa.nsa.tree import tree_mask as tree_mask_from_parents  # noqa: F401  (the tests build trees with it)
 
 DTYPE = torch.float64
 PAD = -1
@@ -188,18 +190,6 @@ def random_mlp(seed: int, cfg: NSAConfig, dim: int, hidden: int = 16) -> MLPComp
             phi.fc1.weight.normal_(0.0, 1.0 / math.sqrt(cfg.cmp_block * dim))
             phi.fc2.weight.normal_(0.0, 2.0 / math.sqrt(hidden))
     return phi.requires_grad_(False)
-
-
-def tree_mask_from_parents(parents: list[int]) -> torch.Tensor:
-    """Ancestor-or-self mask [N, N] bool; parents[i] < i, or -1 for a root."""
-    size = len(parents)
-    mask = torch.zeros(size, size, dtype=torch.bool)
-    for i, parent in enumerate(parents):
-        assert parent < i
-        if parent >= 0:
-            mask[i] = mask[parent]
-        mask[i, i] = True
-    return mask
 
 
 def path_of(parents: list[int], node: int) -> list[int]:

@@ -19,6 +19,7 @@ from specsa.config import Combine, NSAConfig
 from specsa.launch import pdl_options
 from specsa.nsa.kernels.refresh import _block_candidates_kernel, _cmp_partial_kernel, _select_kernel
 from specsa.nsa.kernels.sparse import _merge_kernel, _sparse_attention_kernel
+from specsa.nsa.tree import DraftTree
 
 MAX_TILE_ROWS = 64  # query rows (queries × group heads) per tile
 
@@ -57,6 +58,7 @@ def nsa_paged(
     query_group: int | None = None,
     scale: float | None = None,
     splits: int | None = None,
+    tree: DraftTree | None = None,
 ) -> tuple[Tensor, Tensor]:
     """q [B, T, Hq, D]: query t of sequence b sits at position seq_lens[b] - T + t.
 
@@ -67,6 +69,7 @@ def nsa_paged(
     (`reuse`); `share_group` C > 1 ranks blocks by the scores summed over groups of C
     adjacent queries (`shared`). `query_group`: queries per sparse-attention program
     (they load the union of their blocks once); default as many as fit a 64-row tile.
+    `tree`: the T queries are draft-tree nodes (`nsa/tree.py`), not a chain.
     Returns out [B, T, Hq, D] and selected [B, T, Hkv, n] (rank order, -1 pads).
     """
     batch, num_queries, num_q_heads, head_dim = q.shape
@@ -78,6 +81,15 @@ def nsa_paged(
         raise ValueError("The gated combination needs gates of shape [B, T, Hq, 3].")
     if share_group < 1:
         raise ValueError(f"share_group must be at least 1, got {share_group}.")
+    if tree is not None and (share_group > 1 or tree.depths.shape != (batch, num_queries)):
+        raise ValueError(f"A draft tree needs share_group 1 and one node per query: depths [B, T] = "
+                         f"{[batch, num_queries]}, got {list(tree.depths.shape)} with share_group {share_group}.")  # fmt: skip
+    # Unused pointers when there is no tree (TREE is a constexpr, so they are never read).
+    depths = seq_lens if tree is None else tree.depths.to(torch.int32).contiguous()
+    ancestors = seq_lens if tree is None else tree.ancestors.contiguous()
+    k_path = q if tree is None else tree.k_cmp.to(q.dtype).contiguous()
+    v_path = q if tree is None else tree.v_cmp.to(q.dtype).contiguous()
+    num_path = 0 if tree is None else tree.k_cmp.shape[2]
     group = num_q_heads // num_kv_heads
     group_pad = _pow2(group)
     scale = head_dim**-0.5 if scale is None else scale
@@ -100,11 +112,11 @@ def nsa_paged(
         cmp_part_o = torch.empty(rows, num_q_heads, cmp_splits, head_dim, **f32)
         cmp_part_ml = torch.empty(rows, num_q_heads, cmp_splits, 2, **f32)
         _cmp_partial_kernel[(batch * query_tiles, num_kv_heads, cmp_splits)](
-            q, k_cmp, v_cmp, slots, seq_lens, scores, cmp_part_o, cmp_part_ml, num_queries,
-            q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), scale,
+            q, k_cmp, v_cmp, slots, seq_lens, scores, cmp_part_o, cmp_part_ml, depths, k_path, v_path, num_queries,
+            num_path, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), scale,
             C=capacity, CHUNK=chunk, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride,
             QUERY_TILE=query_tile, G=group, G_PAD=group_pad, ROWS=max(16, query_tile * group_pad), D=head_dim,
-            BLOCK_N=block_n, **pdl,
+            BLOCK_N=block_n, TREE=tree is not None, **pdl,
         )  # fmt: skip
 
     if selected is None:
@@ -114,11 +126,11 @@ def nsa_paged(
         cand_block = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int32)
         cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, **f32)
         _block_candidates_kernel[(rows, num_kv_heads, sel_splits)](
-            seq_lens, scores, cmp_part_ml, cand_block, cand_key, num_queries,
+            seq_lens, scores, cmp_part_ml, cand_block, cand_key, depths, num_queries,
             C=capacity, CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits), CMP_BLOCK=cfg.cmp_block,
             CMP_STRIDE=cfg.cmp_stride, PAGE=page, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
             NUM_SEL=cfg.num_selected, NUM_SEL_PAD=_pow2(cfg.num_selected), SHARE_GROUP=min(share_group, num_queries),
-            G=group, G_PAD=group_pad, **pdl,
+            G=group, G_PAD=group_pad, TREE=tree is not None, **pdl,
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
         num_candidates = sel_splits * cfg.num_selected
@@ -136,6 +148,7 @@ def nsa_paged(
     out = _attend_union(
         q, k_pages, v_pages, block_table, slots, seq_lens, selected, window=cfg.window, merged=merged, scale=scale,
         query_group=query_group, splits=splits, gates=gates, cmp_parts=(cmp_part_o, cmp_part_ml, cmp_splits),
+        tree=(depths, ancestors) if tree is not None else None,
     )  # fmt: skip
     return out, selected
 
@@ -155,7 +168,7 @@ def dense_paged(
 
 def _attend_union(
     q, k_pages, v_pages, block_table, slots, seq_lens, selected, *, window, merged, scale, query_group, splits,
-    gates=None, cmp_parts=(None, None, 1), num_stages=2,
+    gates=None, cmp_parts=(None, None, 1), tree=None, num_stages=2,
 ) -> Tensor:  # fmt: skip
     """The grouped selected + window attention, then the merge (and the gated combination)."""
     batch, num_queries, num_q_heads, head_dim = q.shape
@@ -167,18 +180,21 @@ def _attend_union(
     if query_group is None:
         query_group = min(num_queries, max(1, MAX_TILE_ROWS // group_pad))
     query_groups = math.ceil(num_queries / query_group)
-    window_blocks = min(math.ceil((window + query_group - 1) / page) + 1, block_table.shape[1])
+    spread = num_queries if tree is not None else query_group  # positions a group's window covers
+    window_blocks = min(math.ceil((window + spread - 1) / page) + 1, block_table.shape[1])
     if splits is None:
         splits = _splits_for(q.device, batch * query_groups * num_kv_heads, num_selected * query_group + window_blocks)
     part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, device=q.device, dtype=torch.float32)
     part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, device=q.device, dtype=torch.float32)
     _sparse_attention_kernel[(batch * query_groups, num_kv_heads, splits)](
-        q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml, num_queries,
+        q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml,
+        *(tree if tree is not None else (seq_lens, seq_lens)), num_queries,
         q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
         block_table.stride(0), scale,
         WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), SPLITS=splits, MERGED=merged,
         QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
-        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=8, NUM_STAGES=num_stages, **pdl,
+        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=8, NUM_STAGES=num_stages,
+        TREE=tree is not None, **pdl,
     )  # fmt: skip
 
     cmp_part_o, cmp_part_ml, cmp_splits = cmp_parts

@@ -1,7 +1,9 @@
 """The refresh step in Triton: the compressed branch, block importance and top-n selection
 for T queries per sequence (T = 1 decode, γ+1 verification, a prefill chunk).
 
-Query t of sequence b sits at position seq_lens[b] - T + t; a "query row" is b·T + t.
+Query t of sequence b sits at position seq_lens[b] - T + t (a chain), or, for a draft
+tree (`TREE`, `nsa/tree.py`), at seq_lens[b] - T + depth(t) with the compressed tokens of
+its own path past the prefix's; a "query row" is b·T + t.
 
 1. `_cmp_partial_kernel`, grid (B·query tiles, Hkv, splits): the compressed branch of a
    tile of queries × the KV head's G query heads as one [rows, BLOCK_N] tile on the
@@ -35,6 +37,17 @@ def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
 
 
 @triton.jit
+def _online_softmax_row_step(b_s, b_m, b_l, b_acc, b_v):
+    """One online-softmax update with one score per row, b_s [R] (-inf where masked), and
+    each row's own value b_v [R, D] (a tree node's own compressed token)."""
+    b_m_new = tl.maximum(b_m, b_s)
+    b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+    b_alpha = tl.exp(b_m - b_m_safe)
+    b_p = tl.exp(b_s - b_m_safe)
+    return b_m_new, b_l * b_alpha + b_p, b_acc * b_alpha[:, None] + b_p[:, None] * b_v.to(tl.float32)
+
+
+@triton.jit
 def _num_cmp_tokens(length, CMP_BLOCK: tl.constexpr, CMP_STRIDE: tl.constexpr):
     """Complete compressed tokens among `length` raw ones: (len - l) // d + 1, or 0."""
     return tl.maximum(length + CMP_STRIDE - CMP_BLOCK, 0) // CMP_STRIDE
@@ -50,7 +63,11 @@ def _cmp_partial_kernel(
     scores_ptr,  # [B·T, Hq, C] fp32: raw scores q·k̃ / √D, kept for the importance
     part_o_ptr,  # [B·T, Hq, CMP_SPLITS, D] fp32: unnormalised partial outputs
     part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2] fp32: (max, denominator)
+    depths_ptr,  # [B·T] int32 (TREE): each node's depth
+    k_path_ptr,  # [B·T, NUM_PATH, Hkv, D] (TREE): each node's compressed tokens past the prefix's own
+    v_path_ptr,
     num_queries,  # T
+    num_path,  # NUM_PATH (TREE)
     stride_qb,
     stride_qt,
     stride_qh,
@@ -69,6 +86,7 @@ def _cmp_partial_kernel(
     ROWS: tl.constexpr,  # max(16, QUERY_TILE·G_PAD): the tile's rows
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TREE: tl.constexpr,  # the T queries are draft-tree nodes (`nsa/tree.py`), not a chain
     PDL: tl.constexpr,
 ):
     pdl_prologue(PDL)
@@ -84,7 +102,13 @@ def _cmp_partial_kernel(
     query = i_tile * QUERY_TILE + o_r // G_PAD  # [ROWS] query index t of each row
     head = i_h * G + o_r % G_PAD  # [ROWS] query head
     m_r = (o_r // G_PAD < QUERY_TILE) & (query < num_queries) & (o_r % G_PAD < G)
-    n_cmp = tl.where(m_r, _num_cmp_tokens(length - num_queries + query + 1, CMP_BLOCK, CMP_STRIDE), 0)  # [ROWS]
+    if TREE:  # the cache's compressed tokens end with the prefix; the rest are the node's own
+        n_prefix = _num_cmp_tokens(length - num_queries, CMP_BLOCK, CMP_STRIDE)
+        depth = tl.load(depths_ptr + i_b * num_queries + query, mask=m_r, other=0)
+        n_path = tl.where(m_r, _num_cmp_tokens(length - num_queries + depth + 1, CMP_BLOCK, CMP_STRIDE) - n_prefix, 0)
+        n_cmp = tl.where(m_r, n_prefix, 0)  # [ROWS]
+    else:
+        n_cmp = tl.where(m_r, _num_cmp_tokens(length - num_queries + query + 1, CMP_BLOCK, CMP_STRIDE), 0)  # [ROWS]
     rows = (i_b * num_queries + query) * (num_kv_heads * G) + head  # [ROWS] rows of [B·T, Hq]
     p_q = q_ptr + i_b * stride_qb + query[:, None] * stride_qt + head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [ROWS, D]
@@ -103,6 +127,17 @@ def _cmp_partial_kernel(
         b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
         tl.store(scores_ptr + rows[:, None] * C + o_n[None, :], b_s, mask=visible)
         b_m, b_l, b_acc = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
+    if TREE:
+        if i_split == 0:  # each node's own compressed tokens, one per row, after the prefix's
+            for e in range(0, num_path):
+                m_e = n_path > e  # [ROWS]
+                p_path = (((i_b * num_queries + query) * num_path + e) * num_kv_heads + i_h) * D
+                b_k = tl.load(k_path_ptr + p_path[:, None] + o_d[None, :], mask=m_e[:, None], other=0.0)  # [ROWS, D]
+                b_v = tl.load(v_path_ptr + p_path[:, None] + o_d[None, :], mask=m_e[:, None], other=0.0)
+                b_s = tl.sum(b_q.to(tl.float32) * b_k.to(tl.float32), 1) * scale
+                b_s = tl.where(m_e, b_s, float("-inf"))  # [ROWS]
+                tl.store(scores_ptr + rows * C + n_prefix + e, b_s, mask=m_e)
+                b_m, b_l, b_acc = _online_softmax_row_step(b_s, b_m, b_l, b_acc, b_v)
     part = rows * CMP_SPLITS + i_split  # [ROWS]
     tl.store(part_o_ptr + part[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
     tl.store(part_ml_ptr + part * 2, b_m, mask=m_r)
@@ -176,6 +211,7 @@ def _block_candidates_kernel(
     cmp_part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2]
     cand_block_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] int32: local top-n blocks, -1 pads
     cand_key_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] fp32: their ranking keys
+    depths_ptr,  # [B·T] int32 (TREE): each node's depth
     num_queries,  # T
     C,
     CMP_SPLITS,
@@ -190,6 +226,7 @@ def _block_candidates_kernel(
     SHARE_GROUP: tl.constexpr,  # `shared`: rank by the scores summed over this many adjacent queries
     G: tl.constexpr,
     G_PAD: tl.constexpr,
+    TREE: tl.constexpr,  # queries are draft-tree nodes at their depths (SHARE_GROUP = 1)
     PDL: tl.constexpr,
 ):
     """The refresh step of one query for one range of selection blocks: block scores and
@@ -199,7 +236,10 @@ def _block_candidates_kernel(
     num_kv_heads = tl.num_programs(1)
     i_b, i_t = i_row // num_queries, i_row % num_queries
     first_position = tl.load(seq_lens_ptr + i_b) - num_queries  # position of query 0
-    t = first_position + i_t
+    if TREE:
+        t = first_position + tl.load(depths_ptr + i_row)
+    else:
+        t = first_position + i_t
     o_j = i_split * BLOCKS_PER_SPLIT + tl.arange(0, BLOCKS_PER_SPLIT)
 
     b_score = tl.zeros([BLOCKS_PER_SPLIT], tl.float32)
@@ -207,9 +247,12 @@ def _block_candidates_kernel(
     for member in tl.static_range(SHARE_GROUP):
         other = group_start + member  # SHARE_GROUP = 1: the query itself
         if other < num_queries:
+            if TREE:
+                position = t
+            else:
+                position = first_position + other
             b_score += _query_block_scores(
-                scores_ptr, cmp_part_ml_ptr, ((i_b * num_queries + other) * num_kv_heads + i_h) * G,
-                first_position + other, o_j,
+                scores_ptr, cmp_part_ml_ptr, ((i_b * num_queries + other) * num_kv_heads + i_h) * G, position, o_j,
                 C, CMP_SPLITS, CMP_SPLITS_PAD, CMP_BLOCK, CMP_STRIDE, PAGE, NUM_BLOCKS, BLOCKS_PER_SPLIT, G, G_PAD,
             )  # fmt: skip
 

@@ -10,7 +10,8 @@ softmax states fed by the same loaded tile. The union is split across programs (
 `_merge_kernel` merges the splits by log-sum-exp and combines the branches.
 
 QUERY_GROUP = 1 is the query-centric kernel (each query loads its own blocks); decode is
-T = 1. The overlap between the group's selections decides how much loading is saved.
+T = 1. With `TREE` the queries are draft-tree nodes: prefix tokens follow the rules above
+at the node's own position, and the nodes' tokens count for their descendants only. The overlap between the group's selections decides how much loading is saved.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def _sparse_attention_kernel(
     selected_ptr,  # [B·T, Hkv, NUM_SEL] int32, any order, -1 pads
     part_o_ptr,  # [B·T, Hq, SPLITS, 2, D] fp32: unnormalised partial outputs (branch 0 slc/merged, 1 win)
     part_ml_ptr,  # [B·T, Hq, SPLITS, 2, 2] fp32: (max, denominator)
+    depths_ptr,  # [B·T] int32 (TREE): each node's depth
+    ancestors_ptr,  # [B·T] int64 (TREE): bit u set when node u is the node's ancestor or itself
     num_queries,  # T
     stride_qb,
     stride_qt,
@@ -56,6 +59,7 @@ def _sparse_attention_kernel(
     PAGE: tl.constexpr,
     ITEM_CHUNK: tl.constexpr,  # pages resolved together
     NUM_STAGES: tl.constexpr,  # software pipelining depth of the page loop
+    TREE: tl.constexpr,  # queries are draft-tree nodes (`nsa/tree.py`), their tokens in node order
     PDL: tl.constexpr,
 ):
     pdl_prologue(PDL)
@@ -74,7 +78,13 @@ def _sparse_attention_kernel(
     query = first_query + o_r // G_PAD  # [ROWS]
     head = i_h * G + o_r % G_PAD
     m_r = (o_r // G_PAD < QUERY_GROUP) & (query <= last_query) & (o_r % G_PAD < G)
-    position = position0 + query  # [ROWS]
+    if TREE:  # node t attends as if at position0 + depth(t); the nodes' tokens fill position0 … position0 + T - 1
+        position = position0 + tl.load(depths_ptr + i_b * num_queries + query, mask=m_r, other=0)  # [ROWS]
+        b_anc = tl.load(ancestors_ptr + i_b * num_queries + query, mask=m_r, other=0)  # [ROWS] int64
+        window_start, window_end = position0 - WINDOW + 1, position0 + num_queries - 1
+    else:
+        position = position0 + query  # [ROWS]
+        window_start, window_end = position0 + first_query - WINDOW + 1, position0 + last_query
     p_q = q_ptr + i_b * stride_qb + query[:, None] * stride_qt + head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [ROWS, D]
     o_s = tl.arange(0, NUM_SEL_PAD)
@@ -97,8 +107,8 @@ def _sparse_attention_kernel(
     kept = ~seen
     order = tl.cumsum(kept.to(tl.int32), 0) - 1  # [U] index among the kept entries
     num_union = tl.sum(kept.to(tl.int32), 0)
-    first_window_block = tl.maximum(position0 + first_query - WINDOW + 1, 0) // PAGE
-    num_window_blocks = (position0 + last_query) // PAGE - first_window_block + 1
+    first_window_block = tl.maximum(window_start, 0) // PAGE
+    num_window_blocks = window_end // PAGE - first_window_block + 1
 
     b_m0 = tl.full([ROWS], float("-inf"), tl.float32)  # selected (merged: everything)
     b_l0 = tl.zeros([ROWS], tl.float32)
@@ -134,6 +144,15 @@ def _sparse_attention_kernel(
             causal = (token[None, :] <= position[:, None]) & valid  # [ROWS, PAGE]
             in_window = token[None, :] > position[:, None] - WINDOW
             row_selected = (tl.sum((b_row_sel == block_j).to(tl.int32), 1) > 0)[:, None]  # [ROWS, 1]
+            if TREE:  # a node's tokens count for the nodes they are ancestors of, in both branches
+                node = token - position0  # [PAGE]
+                is_node = (node >= 0) & (node < num_queries)
+                ancestor = ((b_anc[:, None] >> tl.maximum(node, 0).to(tl.int64)[None, :]) & 1) == 1
+                ancestor = ancestor & is_node[None, :] & valid  # [ROWS, PAGE]
+                prefix = ((node < 0) & valid)[None, :]
+                causal = prefix | ancestor
+                row_selected = (row_selected & prefix) | ancestor
+                in_window = (in_window & prefix) | ancestor
             if MERGED:
                 b_s0 = tl.where(causal & (row_selected | in_window), b_s, float("-inf"))
                 b_m0, b_l0, b_acc0 = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
