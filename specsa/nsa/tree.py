@@ -68,24 +68,17 @@ def draft_tree(
     device = keys[0].device
     masks = [sum(1 << u for u in path) for path in paths]
     bits = torch.tensor([m - (1 << 64) if m >= 1 << 63 else m for m in masks], dtype=torch.int64)  # bit 63: the sign
-    k_cmp, v_cmp = [], []
-    for k, v in zip(keys, values):
-        prefix = k.shape[0] - nodes
-        first = cfg.num_cmp_tokens(prefix)  # compressed tokens wholly inside the prefix
-        start = first * cfg.cmp_stride  # token `first` starts here; earlier ones are the cache's
-        per_node = []
-        for path in paths:
-            rows = torch.cat([torch.arange(start, prefix), prefix + torch.tensor(path, dtype=torch.long)]).to(device)
-            per_node.append((compress(k[None, rows], cfg, phi_k)[0], compress(v[None, rows], cfg, phi_v)[0]))
-        k_cmp.append([kc for kc, _ in per_node])
-        v_cmp.append([vc for _, vc in per_node])
-    extra = max(t.shape[0] for seq in k_cmp for t in seq)
+    prefixes = [k.shape[0] - nodes for k in keys]
+    firsts = [cfg.num_cmp_tokens(prefix) for prefix in prefixes]  # compressed tokens wholly inside each prefix
+    extra = max(cfg.num_cmp_tokens(prefix + depth + 1) - first for prefix, first in zip(prefixes, firsts))
     shape = (len(keys), nodes, extra, *keys[0].shape[1:])
     k_out, v_out = keys[0].new_zeros(shape), values[0].new_zeros(shape)
-    for b in range(len(keys)):
-        for t in range(nodes):
-            k_out[b, t, : k_cmp[b][t].shape[0]] = k_cmp[b][t]
-            v_out[b, t, : v_cmp[b][t].shape[0]] = v_cmp[b][t]
+    for b, (k, v, prefix, first) in enumerate(zip(keys, values, prefixes, firsts)):
+        start = first * cfg.cmp_stride  # compressed token `first` starts here; earlier ones are the cache's
+        for t, path in enumerate(paths):
+            rows = torch.cat([torch.arange(start, prefix), prefix + torch.tensor(path, dtype=torch.long)]).to(device)
+            k_own, v_own = compress(k[None, rows], cfg, phi_k)[0], compress(v[None, rows], cfg, phi_v)[0]
+            k_out[b, t, : k_own.shape[0]], v_out[b, t, : v_own.shape[0]] = k_own, v_own
     depths = torch.tensor([len(path) - 1 for path in paths], dtype=torch.int32)
     return DraftTree(
         ancestors=bits.repeat(len(keys), 1).to(device),

@@ -10,8 +10,9 @@ softmax states fed by the same loaded tile. The union is split across programs (
 `_merge_kernel` merges the splits by log-sum-exp and combines the branches.
 
 QUERY_GROUP = 1 is the query-centric kernel (each query loads its own blocks); decode is
-T = 1. With `TREE` the queries are draft-tree nodes: prefix tokens follow the rules above
-at the node's own position, and the nodes' tokens count for their descendants only. The overlap between the group's selections decides how much loading is saved.
+T = 1. The overlap between the group's selections decides how much loading is saved. With
+`TREE` the queries are draft-tree nodes: prefix tokens follow the rules above at the node's
+own position, and the nodes' tokens count for their descendants only.
 """
 
 from __future__ import annotations
