@@ -3,9 +3,10 @@ with RANDOM weights and an ORACLE drafter.
 
 Random weights make real drafters' acceptance meaningless, so drafts come from the
 target's own greedy continuation (recorded by the autoregressive run), each position
-right with the acceptance rates by position measured on SmolLM2 (`ngram` on the
-repeat-this-code prompt: 0.50 / 0.40 / 0.40 / 0.46, later positions as the last), or a
-flat rate (0.8, or 0.05 where speculation never pays). The oracle costs no draft time, like a prompt-lookup drafter with an index:
+right, once reached, with the rates measured for prompt lookup (`ngram:8`) on SmolLM2 on
+real prompts (`--smollm2-bench`, a `specsa bench` report: all its `ngram:8` points pooled,
+a step without a match counted as a rejected first position), or a flat rate (0.8, or
+0.05 where speculation never pays). The oracle costs no draft time, like a prompt-lookup drafter with an index:
 these figures are the verification side's, labelled "oracle" everywhere.
 
 `auto` is `--spec auto`'s planner with this point's measured step costs (a profile taken
@@ -41,9 +42,23 @@ from specsa.spec.engine import generate_speculative
 from specsa.spec.oracle import OracleDrafter
 
 NSA_PREFILL_CHUNK = 4096  # prefill is not timed; larger chunks only make the run shorter
-# SmolLM2's measured rates; a high flat rate; a rate at which speculation never pays
-# (`auto` must then fall back to plain decoding and stay within 5% of AR).
-RATES = {"oracle@smollm2-ngram": [0.50, 0.40, 0.40, 0.46], "oracle@0.8": [0.8], "oracle@0.05": [0.05]}
+# A high flat rate; a rate at which speculation never pays (`auto` must then fall back to
+# plain decoding and stay within 5% of AR). SmolLM2's rates are read from its bench report.
+RATES = {"oracle@0.8": [0.8], "oracle@0.05": [0.05]}
+SMOLLM2_BENCH = Path(__file__).parent / "results/h100/smollm2_nsa/bench.json"
+
+
+def smollm2_rates(bench_json: Path, strategy: str = "ngram:8") -> list[float]:
+    """The chance that each draft position is accepted once reached, pooled over the
+    report's `strategy` rows; steps where prompt lookup found no match count as a
+    rejected first position (the oracle always drafts)."""
+    rows = [r for r in json.loads(Path(bench_json).read_text())["rows"] if r["strategy"] == strategy]
+    if not rows or "reached_at" not in rows[0]:
+        raise SystemExit(f"{bench_json} has no {strategy} rows with acceptance counts; rerun `specsa bench` there.")
+    reached = [sum(column) for column in zip(*(r["reached_at"] for r in rows))]
+    accepted = [sum(column) for column in zip(*(r["accepted_at"] for r in rows))]
+    reached[0] = sum(r["target_passes"] for r in rows)
+    return [round(a / n, 4) for a, n in zip(accepted, reached) if n]
 
 
 def main() -> None:
@@ -52,14 +67,19 @@ def main() -> None:
     parser.add_argument("--contexts", default="16384,32768,65536")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--gammas", default="2,4,8")
-    parser.add_argument("--rates", default="oracle@smollm2-ngram,oracle@0.8", help=f"acceptance rate sets among {list(RATES)}")
+    parser.add_argument("--rates", default="oracle@smollm2-ngram,oracle@0.8",
+                        help=f"acceptance rate sets among {['oracle@smollm2-ngram', *RATES]}")
+    parser.add_argument("--smollm2-bench", type=Path, default=SMOLLM2_BENCH,
+                        help="the `specsa bench` report on SmolLM2 that `oracle@smollm2-ngram` takes its rates from")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    rate_sets = {"oracle@smollm2-ngram": smollm2_rates(args.smollm2_bench), **RATES}
     rows = []
     result = {
         "benchmark": "e2e_spec", "weights": "random", "drafter": "ORACLE (target's own continuation at set rates)",
-        "rates": RATES, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "rates": rate_sets, "smollm2_bench": str(args.smollm2_bench),
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "date": time.strftime("%Y-%m-%d"), "nsa": {k: getattr(v, "value", v) for k, v in vars(NSAConfig()).items()},
         "command": "python benchmarks/e2e_spec.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
         "rows": rows,
@@ -98,7 +118,7 @@ def main() -> None:
             costs = StepCosts(measured.target_ms, {"oracle": 0.0})  # the oracle drafts for free
             record(dict(base, strategy="profile", target_ms=measured.target_ms))
             for name in args.rates.split(","):
-                rates = RATES[name]
+                rates = rate_sets[name]
                 planner = AutoPlanner(costs, "oracle", max_gamma)
                 factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=0)  # noqa: E731
                 spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, max_gamma, planner=planner,

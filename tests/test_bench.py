@@ -24,6 +24,8 @@ def test_bench_writes_json_markdown_and_plot(tiny_llama, tmp_path, capsys):
     assert {r["strategy"] for r in rows} == {"ar", "ngram:2", "auto", "ORACLE rate 0.9 γ=3"}
     assert all(r["token_match"] == 1.0 and r["tokens_per_s"] > 0 for r in rows)  # float32 on the CPU: identical
     assert all(r["steps_by_gamma"].keys() == {"0"} for r in rows if r["strategy"] == "auto")  # no profile: plain
+    oracle = [r for r in rows if r["strategy"].startswith("ORACLE")]
+    assert all(r["drafting_share"] > 0 and len(r["acceptance_by_position"]) == 3 for r in oracle)
     assert "ORACLE" in (out / "bench.md").read_text()
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 

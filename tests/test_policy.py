@@ -140,11 +140,23 @@ def test_auto_planner_keeps_plain_and_speculative_overheads_apart():
     speculation look cheap, nor one slow step (the first, say) make it look dear."""
     planner = AutoPlanner(FLAT, "ngram", 8)
     planner.observe_step(4, FLAT.step_ms("ngram", 4) + 100.0)  # a one-off slow step
-    assert planner.overhead_ms == {"plain": 100.0, "speculative": 100.0}  # the only evidence yet
+    assert planner.overhead_ms == {"plain": None, "speculative": 100.0}
     for _ in range(5):
         planner.observe_step(0, FLAT.step_ms(None, 0) + 0.1)
         planner.observe_step(4, FLAT.step_ms("ngram", 4) + 0.5)
     assert planner.overhead_ms == pytest.approx({"plain": 0.1, "speculative": 0.5})
+
+
+def test_a_kind_of_step_not_seen_yet_is_tried():
+    """Speculative steps have shown a large overhead and plain ones none yet: at 5%
+    acceptance the planner must try a plain step (and so learn its real cost) rather than
+    assume it carries the same overhead and keep drafting one token."""
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(30):
+        planner.observe(1, 0)  # acceptance near 5%: one in twenty accepted
+    planner.observe(1, 1)
+    planner.observe_step(1, FLAT.step_ms("ngram", 1) + 1.0)
+    assert planner.gamma() == 0
 
 
 def test_profile_fit_is_nondecreasing_and_averages_a_slow_sample():
@@ -161,3 +173,45 @@ def test_planner_reports_measured_step_times():
     for gamma, ms in ((0, 1.5), (2, 2.0), (2, 3.0)):
         planner.observe_step(gamma, ms)
     assert planner.mean_step_ms() == {0: 1.5, 2: 2.5}
+
+
+def test_free_drafts_are_verified_by_what_their_evidence_has_shown():
+    """Prompt lookup's long matches have been right and its one-token matches wrong: the
+    planner verifies the first kind in full and decodes plainly past the second."""
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(30):
+        planner.observe(8, 8, evidence=4)
+        planner.observe(8, 0, evidence=1)
+    drafts = [list(range(10, 18))]
+    assert planner.width([0], [[1, 2, 3]], drafts, evidence=[4]) == 8
+    assert planner.width([0], [[1, 2, 3]], drafts, evidence=[1]) == 0
+    # a batch pads to one width: the sequence whose drafts pay decides it
+    assert planner.width([0, 1], [[1, 2, 3], [5, 6]], [drafts[0], drafts[0][:2]], evidence=[4, 1]) == 8
+
+
+def test_declined_drafts_are_learnt_from_the_tokens_committed_instead():
+    """After a stretch of rejected drafts the planner declines to verify, yet it sees the
+    declined draft proved right by the plain step's token and verifies again at the next
+    step (no wait for a probe), then drafts longer as the verified drafts hold."""
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(30):
+        planner.observe(8, 0, evidence=2)
+    text = list(range(100, 300))  # the target's continuation, which the drafts now copy
+    context, widths = [1, 2], []
+    for _ in range(12):
+        width = planner.width([0], [context], [text[len(context) : len(context) + 8]], evidence=[2])
+        if width:
+            planner.observe(width, width, evidence=2)  # all accepted, as the loop reports
+        context = context + text[len(context) : len(context) + 1 + width]
+        widths.append(width)
+    assert widths[0] == 0 and widths[1] > 0 and widths[-1] == 8
+
+
+def test_declined_drafts_that_would_fail_keep_the_planner_plain():
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(30):
+        planner.observe(8, 0, evidence=2)
+    context = [1, 2]
+    for step in range(40):
+        assert planner.width([0], [context], [[7] * 8], evidence=[2]) == 0
+        context = context + [8]  # the target never writes what the drafts say

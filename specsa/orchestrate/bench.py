@@ -25,7 +25,7 @@ from specsa.generate import generate
 from specsa.model.decoder import CausalLM
 from specsa.orchestrate.profile import planner_for
 from specsa.sampling import SamplingParams
-from specsa.spec.engine import generate_speculative
+from specsa.spec.engine import SpecGeneration, generate_speculative
 from specsa.spec.ngram import NgramDrafter
 from specsa.spec.oracle import OracleDrafter
 
@@ -91,6 +91,18 @@ def token_match(results, reference: list[list[int]]) -> float:
     return matched / max(sum(map(len, reference)), 1)
 
 
+def acceptance_report(results: list[SpecGeneration]) -> dict:
+    """Over all sequences: the share of target passes that verified drafts, and the chance
+    that each draft position was accepted once reached (what an oracle is set to), with
+    the counts behind it so that points can be pooled."""
+    reached = [sum(column) for column in zip(*(r.stats.reached_at for r in results))]
+    accepted = [sum(column) for column in zip(*(r.stats.accepted_at for r in results))]
+    passes = sum(r.stats.target_forwards for r in results)
+    return {"drafting_share": reached[0] / passes if passes else 0.0, "target_passes": passes,
+            "reached_at": reached, "accepted_at": accepted,
+            "acceptance_by_position": [round(a / r, 4) if r else None for a, r in zip(accepted, reached)]}  # fmt: skip
+
+
 def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: list[int], batches: list[int],
               max_new_tokens: int) -> list[dict]:  # fmt: skip
     params = SamplingParams(max_new_tokens=max_new_tokens)
@@ -121,6 +133,7 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                 row.update(tokens_per_s=sum(len(r.token_ids) for r in results) / results[0].decode_s,
                            speedup=ar[0].decode_s / results[0].decode_s,
                            acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
+                           **acceptance_report(results),
                            token_match=token_match(results, reference))  # fmt: skip
                 if planner is not None:
                     row.update(steps_by_gamma=planner.chosen, mean_step_ms_by_gamma=planner.mean_step_ms(),

@@ -104,9 +104,17 @@ class AcceptanceTracker:
 
 class AutoPlanner:
     """`--spec auto`: the draft length of every step, from the measured costs and what
-    this request has shown so far: its acceptance, and the time its steps really take.
-    While plain decoding wins it drafts nothing, but probes with one token now and then,
-    so a request that turns predictable (a quoted passage, code being copied) is noticed."""
+    this request has shown so far: its acceptance (learnt apart for each kind of evidence
+    a drafter gives), and the time its steps really take.
+
+    A drafter whose proposals cost nothing (prompt lookup) is asked every step, and the
+    planner picks how many of the drafted tokens to verify (`width`). A proposal it
+    declines is compared with the token the plain step commits instead, which is what
+    verification would have found (greedy; when sampling, a one-hot draft is accepted with
+    the probability that the target samples it), so acceptance is still learnt while
+    decoding plainly. A costly drafter gets its length before it drafts (`gamma`); while
+    plain decoding wins it drafts nothing, but probes with one token now and then, so a
+    request that turns predictable (a quoted passage, code being copied) is noticed."""
 
     probe_every = 16  # autoregressive steps between probes
     overhead_window = 16  # the learnt overhead is the median over this many recent steps
@@ -120,7 +128,8 @@ class AutoPlanner:
         (a garbage collection, a new shape) must not move them."""
         self.costs, self.drafter, self.max_gamma, self.calibrate = costs, drafter, max_gamma, calibrate
         self.costs_source = costs_source  # where the costs came from, for reports
-        self.tracker = AcceptanceTracker(max_gamma)
+        self.trackers: dict[int | None, AcceptanceTracker] = {}  # evidence -> acceptance seen with it
+        self.declined: dict[int, tuple[int, list[int], int | None]] = {}  # slot -> (position, drafts, evidence)
         self.chosen: dict[int, int] = {}  # γ -> steps
         self.since_speculating = 0
         self.can_pay = choose(costs, {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
@@ -129,25 +138,75 @@ class AutoPlanner:
         self.step_ms: dict[int, list[float]] = {}  # γ -> each step's measured time, for reports
 
     @property
-    def overhead_ms(self) -> dict[str, float] | None:
-        """The learnt overheads, {"plain", "speculative"}; a kind not seen yet takes the other's."""
-        learnt = {kind: statistics.median(times) for kind, times in self.overheads.items() if times}
-        if not learnt:
-            return None
-        return {"plain": learnt.get(False, learnt.get(True)), "speculative": learnt.get(True, learnt.get(False))}
+    def overhead_ms(self) -> dict[str, float | None]:
+        """The learnt overheads, {"plain", "speculative"}; None for a kind not seen yet."""
+        return {name: statistics.median(self.overheads[kind]) if self.overheads[kind] else None
+                for name, kind in (("plain", False), ("speculative", True))}  # fmt: skip
+
+    def _costs(self) -> StepCosts:
+        """The profile plus the learnt overheads. A kind of step not seen yet is taken at
+        its profiled cost: optimistic, so that it is tried and measured. (Giving it the
+        other kind's overhead could lock the planner out of plain steps: with equal
+        overheads a one-token draft at 5% acceptance looks as cheap as a plain step, and
+        the plain step's smaller overhead would never be seen.)"""
+        overhead = self.overhead_ms
+        return self.costs.with_overhead(overhead["plain"] or 0.0, overhead["speculative"] or 0.0)
+
+    def _tracker(self, evidence: int | None) -> AcceptanceTracker:
+        if evidence not in self.trackers:
+            self.trackers[evidence] = AcceptanceTracker(self.max_gamma)
+        return self.trackers[evidence]
 
     def gamma(self) -> int:
-        overhead = self.overhead_ms
-        costs = self.costs if overhead is None else self.costs.with_overhead(overhead["plain"], overhead["speculative"])
-        gamma = choose(costs, {self.drafter: self.tracker.estimate()}, self.max_gamma).gamma
+        """The draft length of the next step, chosen before drafting."""
+        gamma = choose(self._costs(), {self.drafter: self._tracker(None).estimate()}, self.max_gamma).gamma
         self.since_speculating = 0 if gamma else self.since_speculating + 1
         if not gamma and self.can_pay and self.since_speculating >= self.probe_every:
             gamma, self.since_speculating = 1, 0
         self.chosen[gamma] = self.chosen.get(gamma, 0) + 1
         return gamma
 
-    def observe(self, num_drafted: int, num_accepted: int) -> None:
-        self.tracker.observe(num_drafted, num_accepted)
+    def width(self, slots: list[int], contexts: list[list[int]], drafts: list[list[int]],
+              evidence: list[int] | None) -> int:  # fmt: skip
+        """How many of each sequence's free drafts to verify this step (0: decode plainly):
+        the width with the most expected committed tokens per millisecond for the batch
+        (sequences with fewer drafts are padded to it). First settles the proposals
+        declined before against `contexts` (prompt + committed tokens)."""
+        for slot, context in zip(slots, contexts):
+            self._settle(slot, context)
+        evidence = evidence or [None] * len(drafts)
+        rates = [self._tracker(e).estimate() for e in evidence]
+        costs = self._costs()
+        best, best_goodput = 0, len(drafts) / costs.step_ms(None, 0)
+        for width in range(1, max(map(len, drafts), default=0) + 1):
+            if width + 1 not in costs.target_ms:
+                continue
+            committed = sum(expected_committed(r, min(width, len(d))) for r, d in zip(rates, drafts))
+            goodput = committed / costs.step_ms(self.drafter, width)
+            if goodput > best_goodput:
+                best, best_goodput = width, goodput
+        if best == 0:
+            for slot, context, d, e in zip(slots, contexts, drafts, evidence):
+                if d:
+                    self.declined[slot] = (len(context), d, e)
+        self.chosen[best] = self.chosen.get(best, 0) + 1
+        return best
+
+    def _settle(self, slot: int, context: list[int]) -> None:
+        """A declined proposal is settled by the tokens committed after it: they show which
+        of its positions verification would have accepted (positions past them are left
+        unseen, not counted as rejected)."""
+        if slot not in self.declined:
+            return
+        position, drafts, evidence = self.declined.pop(slot)
+        committed = context[position : position + len(drafts)]
+        matched = 0
+        while matched < len(committed) and drafts[matched] == committed[matched]:
+            matched += 1
+        self.observe(len(drafts) if matched < len(committed) else matched, matched, evidence)
+
+    def observe(self, num_drafted: int, num_accepted: int, evidence: int | None = None) -> None:
+        self._tracker(evidence).observe(num_drafted, num_accepted)
 
     def mean_step_ms(self) -> dict[int, float]:
         """γ -> the mean measured time of the steps that drafted γ tokens."""

@@ -17,9 +17,18 @@ class Proposal:
     # reference; it keeps the set acceptance once bf16 rounding has made the target leave
     # it (random weights are full of near-ties), so the cost measured stays the one asked.
     verdict: list[int] | None = None
+    # What the drafter knows of each draft's odds, as a small integer the planner learns
+    # acceptance for apart (prompt lookup: the length of the matched suffix); None: nothing.
+    evidence: list[int] | None = None
 
 
 class Drafter(Protocol):
+    # True where a proposal costs next to nothing and its drafts are the drafter's own
+    # guesses (not a benchmark's verdict): `auto` then looks up a proposal every step and
+    # decides after seeing it whether to verify it, and learns from the ones it declines
+    # by comparing them with the tokens committed instead.
+    proposals_are_free: bool
+
     def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
         """Draft up to num_tokens[i] tokens after contexts[i] (prompt + committed tokens)
         for the sequence in target cache slot slots[i]. Steps that decode plainly do not

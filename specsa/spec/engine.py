@@ -26,13 +26,14 @@ class SpecStats:
     committed: int = 0
     drafted: int = 0
     accepted: int = 0
-    drafted_at: list[int] = field(default_factory=list)  # drafts offered per draft position
+    # per draft position: drafts that reached it (offered, every position before accepted)
+    reached_at: list[int] = field(default_factory=list)
     accepted_at: list[int] = field(default_factory=list)  # of them, accepted
     draft_s: float = 0.0
     verify_s: float = 0.0
 
     def __post_init__(self) -> None:
-        self.drafted_at = [0] * self.num_speculative_tokens
+        self.reached_at = [0] * self.num_speculative_tokens
         self.accepted_at = [0] * self.num_speculative_tokens
 
     def record(self, num_drafted: int, num_accepted: int, num_committed: int) -> None:
@@ -40,8 +41,8 @@ class SpecStats:
         self.committed += num_committed
         self.drafted += num_drafted
         self.accepted += num_accepted
-        for i in range(num_drafted):
-            self.drafted_at[i] += 1
+        for i in range(min(num_drafted, num_accepted + 1)):
+            self.reached_at[i] += 1
             self.accepted_at[i] += i < num_accepted
 
     @property
@@ -51,7 +52,9 @@ class SpecStats:
 
     @property
     def acceptance_rate_by_position(self) -> list[float | None]:
-        return [a / d if d else None for a, d in zip(self.accepted_at, self.drafted_at)]
+        """The chance that position k is accepted once reached: the rates the planner
+        learns and an oracle drafter is set to (their product gives how far drafts get)."""
+        return [a / r if r else None for a, r in zip(self.accepted_at, self.reached_at)]
 
 
 @dataclass
@@ -104,22 +107,37 @@ def generate_speculative(
     bar = tqdm(total=params.max_new_tokens * len(prompts), desc="decode", unit="tok", leave=False, disable=not progress or None)
     while active:
         step_start = time.perf_counter()
-        step_k = k if planner is None else planner.gamma()  # `auto`: chosen per step, 0 = plain decoding
-        if step_k == 0:  # a plain step, exactly as `generate` takes it; the drafter catches up later
+        contexts = [gens[i].context for i in active]
+        active_slots = [slots[i] for i in active]
+
+        def draft(length: int):  # up to `length` tokens each, fewer near max_new_tokens
+            budgets = [min(length, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
+            return drafter.propose(active_slots, contexts, budgets)
+
+        t0 = time.perf_counter()  # the device is idle: the last step ended on a host copy
+        if planner is None:
+            proposal = draft(k)
+        elif drafter.proposals_are_free:  # `auto` sees the drafts before it picks how many to verify
+            proposal = draft(k)
+            width = planner.width(active_slots, contexts, proposal.tokens, proposal.evidence)
+            proposal.tokens = [d[:width] for d in proposal.tokens]
+        else:  # `auto` picks the length first; 0 = plain decoding
+            step_k = planner.gamma()
+            proposal = draft(step_k) if step_k else None
+        t1 = time.perf_counter()  # drafts come back as host lists, so the device is done
+        if proposal is None or not any(proposal.tokens):
+            # A plain step, exactly as `generate` takes it; a drafter not asked catches up later.
             still_active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator)
             for i in active:
                 gens[i].stats.record(0, 0, 1)
+                gens[i].stats.draft_s += t1 - t0
                 if i not in still_active:
                     drafter.release(slots[i])
             bar.update(len(active))
-            planner.observe_step(0, 1e3 * (time.perf_counter() - step_start))
+            if planner is not None:
+                planner.observe_step(0, 1e3 * (time.perf_counter() - step_start))
             active = still_active
             continue
-        contexts = [gens[i].context for i in active]
-        budgets = [min(step_k, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
-        t0 = synchronize(device)
-        proposal = drafter.propose([slots[i] for i in active], contexts, budgets)
-        t1 = synchronize(device)
 
         num_drafts = [len(d) for d in proposal.tokens]
         width = max(num_drafts)
@@ -132,7 +150,7 @@ def generate_speculative(
         feed_ids, num_drafts_t, verdict = packed[:rows], packed[rows : rows + len(feed)], packed[rows + len(feed) :]
         draft_tokens = feed_ids.view(len(feed), width + 1)[:, 1:]
         lengths_before = [cache.lengths[slots[i]] for i in active]
-        logits = step_logits(model, cache, graphs, feed_ids, [slots[i] for i in active], [width + 1] * len(feed))
+        logits = step_logits(model, cache, graphs, feed_ids, active_slots, [width + 1] * len(feed))
         accepted, next_token = _accept(logits, draft_tokens, num_drafts_t, proposal.probs,
                                        None if proposal.verdict is None else verdict, params, generator)  # fmt: skip
         t2 = synchronize(device)
@@ -146,7 +164,7 @@ def generate_speculative(
             stats = gens[i].stats
             stats.record(num_drafts[row], num_accepted, len(committed))
             if planner is not None:
-                planner.observe(num_drafts[row], num_accepted)
+                planner.observe(num_drafts[row], num_accepted, proposal.evidence and proposal.evidence[row])
             stats.draft_s += t1 - t0
             stats.verify_s += t2 - t1
             if not any(gens[i].add(token, params, eos_ids) for token in committed):

@@ -17,6 +17,8 @@ class ModelDrafter:
     """Keeps `cache` holding every committed token but the last; drafts from there and
     truncates back, so nothing it drafted outlives the call."""
 
+    proposals_are_free = False  # a forward pass per drafted token
+
     def __init__(
         self,
         model: CausalLM,

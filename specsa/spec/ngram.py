@@ -22,6 +22,8 @@ class _Index:
 
 
 class NgramDrafter:
+    proposals_are_free = True
+
     def __init__(self, min_n: int = 1, max_n: int = 4):
         if not 1 <= min_n <= max_n:
             raise ValueError(f"The n-gram sizes need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}.")
@@ -40,17 +42,19 @@ class NgramDrafter:
         index.length, index.last_token = indexed, context[indexed - 1] if indexed else None
         return index
 
-    def lookup(self, context: list[int], num_tokens: int, slot: int = -1) -> list[int]:
-        """The tokens after the latest earlier match of the longest suffix (max_n down to min_n)."""
+    def lookup(self, context: list[int], num_tokens: int, slot: int) -> tuple[list[int], int]:
+        """The tokens after the latest earlier match of the longest suffix (max_n down to
+        min_n), and that suffix's length (0: no match)."""
         index = self._index(slot, context)
         for n in range(min(self.max_n, len(context) - 1), self.min_n - 1, -1):
             end = index.ends.get(tuple(context[-n:]))
             if end is not None:
-                return context[end + 1 : end + 1 + num_tokens]
-        return []
+                return context[end + 1 : end + 1 + num_tokens], n
+        return [], 0
 
     def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
-        return Proposal([self.lookup(c, k, s) for s, c, k in zip(slots, contexts, num_tokens)], None)
+        drafts, match_lengths = zip(*(self.lookup(c, k, s) for s, c, k in zip(slots, contexts, num_tokens)))
+        return Proposal(list(drafts), None, evidence=list(match_lengths))
 
     def start(self, slot: int, context: list[int]) -> None:
         self._index(slot, context)

@@ -15,6 +15,8 @@ from specsa.spec.drafter import Proposal
 
 
 class OracleDrafter:
+    proposals_are_free = False  # free, but its verdicts are set, not guesses to learn from
+
     def __init__(self, prompts: list[list[int]], continuations: list[list[int]], acceptance: list[float],
                  vocab_size: int, seed: int = 0):  # fmt: skip
         """acceptance[k]: probability that draft position k is right (independently of the

@@ -111,7 +111,8 @@ def test_bad_speculation_settings_are_rejected(target, tmp_path):
 
 
 class _Alternating:
-    """A planner that switches between plain steps and drafts of 2 and 5 tokens."""
+    """A planner that switches between plain steps and drafts of 2 and 5 tokens, before
+    drafting (`gamma`) or, for free drafts, after (`width`)."""
 
     def __init__(self):
         self.steps, self.observed = 0, []
@@ -120,7 +121,10 @@ class _Alternating:
         self.steps += 1
         return (0, 2, 0, 0, 5)[self.steps % 5]
 
-    def observe(self, num_drafted: int, num_accepted: int) -> None:
+    def width(self, slots, contexts, drafts, evidence) -> int:
+        return self.gamma()
+
+    def observe(self, num_drafted: int, num_accepted: int, evidence: int | None = None) -> None:
         pass
 
     def observe_step(self, gamma: int, ms: float) -> None:
