@@ -34,3 +34,15 @@ def test_strategy_errors_are_clear():
     with pytest.raises(ValueError, match="ngram:γ"):
         parse_strategies("ngram", 4)
     assert parse_strategies("auto", 6)[0].name == "ar" and parse_strategies("auto", 6)[1].gamma == 6
+
+
+def test_report_marks_points_a_strategy_did_not_run(tmp_path):
+    """A report pooled from several runs: a strategy missing at a point is a dash, not a crash."""
+    from specsa.orchestrate.bench import write_report
+
+    rows = [dict(strategy="ar", context=c, batch=1, tokens_per_s=10.0, speedup=1.0) for c in (100, 200)]
+    rows.append(dict(strategy="auto", context=200, batch=1, tokens_per_s=20.0, speedup=2.0))
+    write_report(rows, {"title": "pooled"}, tmp_path)
+    table = (tmp_path / "bench.md").read_text()
+    assert "| auto | — | 20.0 tok/s (2.00×) |" in table
+    assert (tmp_path / "bench.png").exists()

@@ -155,8 +155,9 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
     value = {(r["strategy"], r["context"], r["batch"]): r for r in rows}
     lines = ["| strategy | " + " | ".join(f"{c} tok, batch {b}" for c, b in points) + " |",
              "|---|" + "---|" * len(points)]  # fmt: skip
-    for name in names:
-        cells = [f"{value[name, c, b]['tokens_per_s']:.1f} tok/s ({value[name, c, b]['speedup']:.2f}×)" for c, b in points]
+    for name in names:  # a strategy not run at a point (a report pooled from several runs) shows "—"
+        cells = [f"{value[name, c, b]['tokens_per_s']:.1f} tok/s ({value[name, c, b]['speedup']:.2f}×)"
+                 if (name, c, b) in value else "—" for c, b in points]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (out / "bench.md").write_text(f"{meta['title']}\n\n" + "\n".join(lines) + "\n")
 
@@ -173,7 +174,9 @@ def write_report(rows: list[dict], meta: dict, out: Path) -> None:
     for axis, batch in zip(axes[0], batches):
         contexts = sorted({c for c, b in points if b == batch})
         for name in names:
-            axis.plot(contexts, [value[name, c, batch]["tokens_per_s"] for c in contexts], marker="o", label=name)
+            ran = [c for c in contexts if (name, c, batch) in value]
+            if ran:
+                axis.plot(ran, [value[name, c, batch]["tokens_per_s"] for c in ran], marker="o", label=name)
         axis.set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s", title=f"batch {batch}")
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
