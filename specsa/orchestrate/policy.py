@@ -15,14 +15,20 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
+def committed_by_length(rates: list[float], gamma: int) -> list[float]:
+    """Mean tokens committed by a step drafting 0, 1, …, γ tokens; positions past
+    len(rates) take the last rate."""
+    padded = rates[:gamma] + rates[-1:] * (gamma - len(rates)) if rates else [0.0] * gamma
+    totals, alive = [1.0], 1.0
+    for rate in padded:
+        alive *= rate
+        totals.append(totals[-1] + alive)
+    return totals
+
+
 def expected_committed(rates: list[float], gamma: int) -> float:
-    """Mean tokens committed by a step drafting γ tokens; positions past len(rates) take
-    the last rate."""
-    total, alive = 1.0, 1.0
-    for k in range(gamma):
-        alive *= rates[min(k, len(rates) - 1)] if rates else 0.0
-        total += alive
-    return total
+    """Mean tokens committed by a step drafting γ tokens."""
+    return committed_by_length(rates, gamma)[gamma]
 
 
 @dataclass(frozen=True)
@@ -175,14 +181,20 @@ class AutoPlanner:
         for slot, context in zip(slots, contexts):
             self._settle(slot, context)
         evidence = evidence or [None] * len(drafts)
-        rates = [self._tracker(e).estimate() for e in evidence]
+        rates = {e: self._tracker(e).estimate() for e in set(evidence)}
+        longest = max(map(len, drafts), default=0)
+        by_kind: dict[tuple, list[float]] = {}  # (evidence, drafts) -> width -> expected committed
+        for d, e in zip(drafts, evidence):
+            if (e, len(d)) not in by_kind:
+                own = committed_by_length(rates[e], len(d))
+                by_kind[e, len(d)] = own + own[-1:] * (longest - len(d))
+        committed = [sum(column) for column in zip(*(by_kind[e, len(d)] for d, e in zip(drafts, evidence)))]
         costs = self._costs()
-        best, best_goodput = 0, len(drafts) / costs.step_ms(None, 0)
-        for width in range(1, max(map(len, drafts), default=0) + 1):
+        best, best_goodput = 0, committed[0] / costs.step_ms(None, 0)
+        for width in range(1, longest + 1):
             if width + 1 not in costs.target_ms:
                 continue
-            committed = sum(expected_committed(r, min(width, len(d))) for r, d in zip(rates, drafts))
-            goodput = committed / costs.step_ms(self.drafter, width)
+            goodput = committed[width] / costs.step_ms(self.drafter, width)
             if goodput > best_goodput:
                 best, best_goodput = width, goodput
         if best == 0:
