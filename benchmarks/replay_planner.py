@@ -1,8 +1,8 @@
 """`auto` against fixed prompt-lookup strategies, replayed on recorded greedy generations
 (`specsa/orchestrate/replay.py`): no timing noise, so planner changes can be compared to
-the percent. The step costs are `specsa profile`'s for SmolLM2 on the H100 at batch 1
-(the planner's own input; the loop's overhead, which the live planner learns, left out);
-the generations are the default model's greedy output on real text.
+the percent. The step costs are `specsa profile`'s for SmolLM2 on the H100 (the planner's
+own input; the loop's overhead, which the live planner learns, left out); the generations
+are the default model's greedy output on real text, replayed one by one and as one batch.
 
     python benchmarks/replay_planner.py --record benchmarks/results/cpu/smollm2_streams.json
     python benchmarks/replay_planner.py --streams benchmarks/results/cpu/smollm2_streams.json
@@ -38,10 +38,28 @@ def record(path: Path, contexts: list[int], new_tokens: int) -> None:
     path.write_text(json.dumps({"model": DEFAULT_MODEL, "streams": streams}))
 
 
+def profile_costs(profile: dict, length: int) -> callable:
+    """Step costs by running sequences from a profile measured at batch 1 and 8: batch 1's
+    for one sequence, batch 8's (an upper bound) for more."""
+    points = {batch: profile[f"{context_bucket(length)}:{batch}"] for batch in (1, 8)}
+    costs = {batch: StepCosts({int(t): ms for t, ms in p["target_ms"].items()}, p["draft_ms_per_token"])
+             for batch, p in points.items()}  # fmt: skip
+    return lambda running: costs[1 if running == 1 else 8]
+
+
+def compare(generations: list[tuple[list[int], list[int]]], profile: dict) -> str:
+    costs = profile_costs(profile, max(len(p) + len(c) + 8 for p, c in generations))
+    fixed = {gamma: replay(generations, costs, gamma) for gamma in (2, 4, 8)}
+    auto = replay(generations, costs, 8, AutoPlanner(costs(len(generations)), "ngram", 8, calibrate=False))
+    best = max(fixed, key=fixed.get)
+    return (" ".join(f"ngram:{g} {v:.3f}" for g, v in fixed.items())
+            + f" | auto {auto:.3f} tok/ms = {auto / fixed[best]:.3f} of ngram:{best}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", type=Path, help="generate greedy streams on real text and save them here")
-    parser.add_argument("--streams", type=Path, help="replay these streams")
+    parser.add_argument("--streams", type=Path, help="replay these streams, one by one and all as one batch")
     parser.add_argument("--contexts", default="1024,4096")
     parser.add_argument("--new-tokens", type=int, default=256)
     args = parser.parse_args()
@@ -49,16 +67,10 @@ def main() -> None:
         record(args.record, [int(c) for c in args.contexts.split(",")], args.new_tokens)
     if args.streams:
         profile = json.loads(PROFILE.read_text())
-        for stream in json.loads(args.streams.read_text())["streams"]:
-            prompt, continuation = stream["prompt"], stream["continuation"]
-            point = profile[f"{context_bucket(len(prompt) + len(continuation) + 8)}:1"]
-            costs = StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"])
-            fixed = {gamma: replay(prompt, continuation, costs, gamma) for gamma in (2, 4, 8)}
-            auto = replay(prompt, continuation, costs, 8, AutoPlanner(costs, "ngram", 8, calibrate=False))
-            best = max(fixed, key=fixed.get)
-            print(f"{stream['context']:>6} | AR {1 / costs.target_ms[1]:.3f} tok/ms | "
-                  + " ".join(f"ngram:{g} {v:.3f}" for g, v in fixed.items())
-                  + f" | auto {auto:.3f} = {auto / fixed[best]:.3f} of ngram:{best}")
+        generations = [(s["prompt"], s["continuation"]) for s in json.loads(args.streams.read_text())["streams"]]
+        for prompt, continuation in generations:
+            print(f"{len(prompt):>6} tokens, batch 1 | " + compare([(prompt, continuation)], profile))
+        print(f"all {len(generations)} as one batch | " + compare(generations, profile))
 
 
 if __name__ == "__main__":

@@ -232,9 +232,9 @@ def test_auto_reaches_the_best_fixed_draft_length_on_recorded_generations():
     profile = json.loads((results / "h100" / "profiles" / "smollm2_135m_q4_1.json").read_text())
     streams = json.loads((results / "cpu" / "smollm2_streams.json").read_text())["streams"]
     for stream in streams:
-        prompt, continuation = stream["prompt"], stream["continuation"]
-        point = profile[f"{context_bucket(len(prompt) + len(continuation) + 8)}:1"]
+        generation = [(stream["prompt"], stream["continuation"])]
+        point = profile[f"{context_bucket(len(stream['prompt']) + len(stream['continuation']) + 8)}:1"]
         costs = StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"])
-        best_fixed = max(replay(prompt, continuation, costs, gamma) for gamma in (2, 4, 8))
-        auto = replay(prompt, continuation, costs, 8, AutoPlanner(costs, "ngram", 8, calibrate=False))
+        best_fixed = max(replay(generation, lambda running: costs, gamma) for gamma in (2, 4, 8))
+        auto = replay(generation, lambda running: costs, 8, AutoPlanner(costs, "ngram", 8, calibrate=False))
         assert auto >= 0.95 * best_fixed > 1.0 / costs.target_ms[1]

@@ -1,4 +1,4 @@
-"""Replay a recorded greedy generation through prompt lookup and a draft-length policy,
+"""Replay recorded greedy generations through prompt lookup and a draft-length policy,
 on a measured step-cost curve: the tokens per millisecond each policy would reach,
 without the run-to-run noise of timing a GPU (±12% for the same tokens on SmolLM2).
 
@@ -9,28 +9,36 @@ float rounding), so one recorded continuation tells what any proposal would have
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from specsa.orchestrate.policy import AutoPlanner, StepCosts
 from specsa.spec.ngram import NgramDrafter
 
 
-def replay(prompt: list[int], continuation: list[int], costs: StepCosts, max_gamma: int,
+def replay(generations: list[tuple[list[int], list[int]]], costs: Callable[[int], StepCosts], max_gamma: int,
            planner: AutoPlanner | None = None) -> float:  # fmt: skip
-    """Tokens per ms of prompt lookup over `continuation` (the greedy tokens after
-    `prompt`): drafting up to `max_gamma` tokens every step and verifying them all, or as
-    many as `planner` picks. Costs: `costs.step_ms` per step, its overheads included."""
+    """Tokens per ms of prompt lookup over `generations` ((prompt, greedy continuation)
+    pairs), decoded as one batch that shrinks as sequences finish: drafting up to
+    `max_gamma` tokens every step and verifying them all, or as many as `planner` picks.
+    `costs(n)`: the step costs with n sequences running."""
     drafter = NgramDrafter()
-    context, elapsed = prompt + continuation[:1], 0.0
-    while len(context) < len(prompt) + len(continuation):
-        done = len(context) - len(prompt)
-        budget = min(max_gamma, len(continuation) - done - 1)
-        proposal = drafter.propose([0], [context], [budget])
-        drafts = proposal.tokens[0]
-        width = len(drafts) if planner is None else planner.width([0], [context], [drafts], proposal.evidence)
-        accepted = 0
-        while accepted < width and drafts[accepted] == continuation[done + accepted]:
-            accepted += 1
-        if planner is not None and width:
-            planner.observe(width, accepted, proposal.evidence[0])
-        context = context + continuation[done : done + accepted + 1]
-        elapsed += costs.step_ms("ngram" if width else None, width)
-    return (len(continuation) - 1) / elapsed
+    contexts = [prompt + continuation[:1] for prompt, continuation in generations]
+    elapsed = 0.0
+    while active := [i for i, (p, c) in enumerate(generations) if len(contexts[i]) < len(p) + len(c)]:
+        done = [len(contexts[i]) - len(generations[i][0]) for i in active]
+        budgets = [min(max_gamma, len(generations[i][1]) - d - 1) for i, d in zip(active, done)]
+        proposal = drafter.propose(active, [contexts[i] for i in active], budgets)
+        if planner is None:
+            width = max(map(len, proposal.tokens))
+        else:
+            width = planner.width(active, [contexts[i] for i in active], proposal.tokens, proposal.evidence)
+        for row, (i, d) in enumerate(zip(active, done)):
+            drafts, continuation = proposal.tokens[row][:width], generations[i][1]
+            accepted = 0
+            while accepted < len(drafts) and drafts[accepted] == continuation[d + accepted]:
+                accepted += 1
+            if planner is not None and drafts:
+                planner.observe(len(drafts), accepted, proposal.evidence[row])
+            contexts[i] = contexts[i] + continuation[d : d + accepted + 1]
+        elapsed += costs(len(active)).step_ms("ngram" if width else None, width)
+    return sum(len(c) - 1 for _, c in generations) / elapsed
