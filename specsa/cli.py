@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--strategies", default="ar,ngram:2,ngram:4,ngram:8,auto",
                        help="ar, auto, ngram:γ, oracle:RATE:γ (the oracle is for random-weight models)")  # fmt: skip
     bench.add_argument("--num-speculative-tokens", type=int, default=8, help="longest draft `auto` may choose")
+    bench.add_argument("--repeats", type=int, default=1,
+                       help="runs of every strategy, in turn; rows report the median (GPU timings vary by ~10%%)")
     bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
     return parser
 
@@ -226,13 +228,15 @@ def run_bench(args: argparse.Namespace) -> None:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
         raise ValueError("--contexts and --batches take comma-separated numbers, e.g. 1024,4096.") from None
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}.")
     model, _, dtype, device = load_target(args)
     if max(contexts) + args.max_new_tokens + args.num_speculative_tokens > model.config.max_position:
         raise ValueError(f"--contexts up to {max(contexts)} plus --max-new-tokens pass the model's context of "
                          f"{model.config.max_position} tokens.")  # fmt: skip
-    rows = run_bench(model, load_tokenizer(args.model), strategies, contexts, batches, args.max_new_tokens)
+    rows = run_bench(model, load_tokenizer(args.model), strategies, contexts, batches, args.max_new_tokens, args.repeats)
     title = (f"specsa bench: {args.model}, {args.attention}, precision {args.precision}, {dtype}, {device}, "
-             f"{args.max_new_tokens} new tokens, greedy")  # fmt: skip
+             f"{args.max_new_tokens} new tokens, greedy, median of {args.repeats} run(s)")  # fmt: skip
     write_report(rows, {"title": title, "command": "specsa bench " + " ".join(sys.argv[2:])}, Path(args.out))
     print(Path(args.out, "bench.md").read_text())
 

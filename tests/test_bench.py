@@ -30,6 +30,19 @@ def test_bench_writes_json_markdown_and_plot(tiny_llama, tmp_path, capsys):
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_repeats_report_the_median_run(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["bench", "--model", str(tiny_llama), "--contexts", "40", "--batches", "1", "--max-new-tokens", "4",
+                 "--strategies", "ngram:2", "--repeats", "3", "--out", str(out), *SPARSE_FLAGS])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    for row in rows:
+        assert len(row["decode_s_runs"]) == 3
+        assert row["tokens_per_s"] == pytest.approx(4 / sorted(row["decode_s_runs"])[1])  # 4 new tokens, median run
+    assert main(["bench", "--model", str(tiny_llama), "--repeats", "0", "--out", str(out)]) != 0
+    assert "--repeats must be at least 1" in capsys.readouterr().err
+
+
 def test_strategy_errors_are_clear():
     with pytest.raises(ValueError, match="ngram:γ"):
         parse_strategies("ngram", 4)

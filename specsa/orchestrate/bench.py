@@ -11,6 +11,7 @@ Every strategy's tokens are compared with the autoregressive run's (`token_match
 from __future__ import annotations
 
 import json
+import statistics
 import platform
 import sysconfig
 import textwrap
@@ -104,37 +105,47 @@ def acceptance_report(results: list[SpecGeneration]) -> dict:
 
 
 def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: list[int], batches: list[int],
-              max_new_tokens: int) -> list[dict]:  # fmt: skip
+              max_new_tokens: int, repeats: int = 1) -> list[dict]:  # fmt: skip
+    """A row per (context, batch, strategy). With `repeats` > 1 every strategy, the
+    autoregressive baseline (always first) included, runs that many times in turn, and a
+    row reports the median decode time (each run's in `decode_s_runs`): on a GPU the same
+    tokens move by ±12% from run to run, more than the differences worth measuring."""
     params = SamplingParams(max_new_tokens=max_new_tokens)
     vocab = model.config.vocab_size
     rows = []
     for context in contexts:
         for batch in batches:
             prompts = real_text_prompts(tokenizer, context, batch)
-            ar = generate(model, prompts, params, frozenset())
-            reference = [g.token_ids for g in ar]
-            base = {"context": context, "batch": batch}
+            decode_s: dict[str, list[float]] = {strategy.name: [] for strategy in strategies}
+            runs: dict[str, tuple] = {}  # strategy -> (generations, planner) of its last run
+            reference = None
+            for _ in range(repeats):
+                for strategy in strategies:
+                    planner = None
+                    if strategy.kind == "ar":
+                        results = generate(model, prompts, params, frozenset())
+                        reference = reference or [g.token_ids for g in results]
+                    else:
+                        if strategy.kind == "oracle":
+                            factory = lambda cache, g, s=strategy: OracleDrafter(prompts, reference, [s.rate], vocab)  # noqa: E731
+                        else:
+                            factory = lambda cache, g: NgramDrafter()  # noqa: E731
+                        if strategy.kind == "auto":
+                            planner = planner_for(model, context + max_new_tokens + strategy.gamma, batch, strategy.gamma)
+                        results = generate_speculative(model, prompts, params, frozenset(), factory, strategy.gamma,
+                                                       planner=planner)  # fmt: skip
+                    decode_s[strategy.name].append(results[0].decode_s)
+                    runs[strategy.name] = (results, planner)
+            ar_s = statistics.median(decode_s[strategies[0].name])
             for strategy in strategies:
-                row = dict(base, strategy=strategy.name)
-                if strategy.kind == "ar":
-                    decode_s = ar[0].decode_s
-                    row.update(tokens_per_s=sum(map(len, reference)) / decode_s, speedup=1.0, token_match=1.0)
-                    rows.append(row)
-                    continue
-                planner = None
-                if strategy.kind == "oracle":
-                    factory = lambda cache, g, s=strategy: OracleDrafter(prompts, reference, [s.rate], vocab)  # noqa: E731
-                else:
-                    factory = lambda cache, g: NgramDrafter()  # noqa: E731
-                if strategy.kind == "auto":
-                    planner = planner_for(model, context + max_new_tokens + strategy.gamma, batch, strategy.gamma)
-                results = generate_speculative(model, prompts, params, frozenset(), factory, strategy.gamma,
-                                               planner=planner)  # fmt: skip
-                row.update(tokens_per_s=sum(len(r.token_ids) for r in results) / results[0].decode_s,
-                           speedup=ar[0].decode_s / results[0].decode_s,
-                           acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
-                           **acceptance_report(results),
-                           token_match=token_match(results, reference))  # fmt: skip
+                results, planner = runs[strategy.name]
+                median_s = statistics.median(decode_s[strategy.name])
+                row = dict(context=context, batch=batch, strategy=strategy.name,
+                           tokens_per_s=sum(len(r.token_ids) for r in results) / median_s, speedup=ar_s / median_s,
+                           decode_s_runs=decode_s[strategy.name], token_match=token_match(results, reference))  # fmt: skip
+                if strategy.kind != "ar":
+                    row.update(acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
+                               **acceptance_report(results))  # fmt: skip
                 if planner is not None:
                     row.update(steps_by_gamma=planner.chosen, mean_step_ms_by_gamma=planner.mean_step_ms(),
                                learnt_overhead_ms=planner.overhead_ms)
