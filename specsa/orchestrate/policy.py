@@ -75,16 +75,17 @@ def choose(costs: StepCosts, rates: dict[str, list[float]], max_gamma: int) -> C
 
 @dataclass
 class AcceptanceTracker:
-    """Acceptance rates by draft position, learnt from what a request shows: exponential
-    moving averages, starting from a prior so that the first steps still speculate. A
-    position reached fewer than `min_reached` times takes the estimate of the one before
-    it: otherwise positions past the draft length in use would keep the prior for ever,
-    and a planner reading them would never try longer drafts."""
+    """Acceptance rates by draft position, learnt from what a request shows. A position's
+    rate starts at the prior as one pseudo-observation, is a running mean over
+    its first observations and then a moving average (a memory of ~1/(1 - decay) of
+    them): four acceptances already read 0.92 (the plain moving average: 0.84), which
+    matters in a run of a few dozen steps. A position never reached takes the estimate of
+    the one before it: otherwise positions past the draft length in use would keep the
+    prior for ever, and a planner reading them would never try longer drafts."""
 
     max_gamma: int
     prior: float = 0.6
-    decay: float = 0.8  # weight of the past per observation
-    min_reached: int = 4
+    decay: float = 0.8  # weight of the past per observation, once past the first few
     rates: list[float] = field(default_factory=list)
     reached: list[int] = field(default_factory=list)
 
@@ -95,16 +96,15 @@ class AcceptanceTracker:
     def observe(self, num_drafted: int, num_accepted: int) -> None:
         """Position k (< num_drafted) was reached if k ≤ num_accepted; accepted if k < num_accepted."""
         for k in range(min(num_drafted, num_accepted + 1)):
-            accepted = 1.0 if k < num_accepted else 0.0
-            self.rates[k] = self.decay * self.rates[k] + (1 - self.decay) * accepted
+            weight = max(1 - self.decay, 1 / (self.reached[k] + 2))
+            self.rates[k] += weight * ((1.0 if k < num_accepted else 0.0) - self.rates[k])
             self.reached[k] += 1
 
     def estimate(self) -> list[float]:
         """The rates a planner should use, position by position."""
-        estimates, last = [], self.prior
-        for rate, reached in zip(self.rates, self.reached):
-            last = rate if reached >= self.min_reached else last
-            estimates.append(last)
+        estimates = []
+        for k, (rate, reached) in enumerate(zip(self.rates, self.reached)):
+            estimates.append(rate if reached or k == 0 else estimates[-1])
         return estimates
 
 
