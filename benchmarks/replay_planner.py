@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from specsa.orchestrate.policy import AutoPlanner, StepCosts
-from specsa.orchestrate.profile import context_bucket
+from specsa.orchestrate.profile import saved_costs
 from specsa.orchestrate.replay import replay
 
 PROFILE = Path(__file__).parent / "results/h100/profiles/smollm2_135m_q4_1.json"
@@ -38,12 +39,10 @@ def record(path: Path, contexts: list[int], new_tokens: int) -> None:
     path.write_text(json.dumps({"model": DEFAULT_MODEL, "streams": streams}))
 
 
-def profile_costs(profile: dict, length: int) -> callable:
+def profile_costs(profile: dict, length: int) -> Callable[[int], StepCosts]:
     """Step costs by running sequences from a profile measured at batch 1 and 8: batch 1's
     for one sequence, batch 8's (an upper bound) for more."""
-    points = {batch: profile[f"{context_bucket(length)}:{batch}"] for batch in (1, 8)}
-    costs = {batch: StepCosts({int(t): ms for t, ms in p["target_ms"].items()}, p["draft_ms_per_token"])
-             for batch, p in points.items()}  # fmt: skip
+    costs = {batch: saved_costs(profile, length, batch) for batch in (1, 8)}
     return lambda running: costs[1 if running == 1 else 8]
 
 

@@ -225,7 +225,7 @@ def test_auto_reaches_the_best_fixed_draft_length_on_recorded_generations():
     import json
     from pathlib import Path
 
-    from specsa.orchestrate.profile import context_bucket
+    from specsa.orchestrate.profile import saved_costs
     from specsa.orchestrate.replay import replay
 
     results = Path(__file__).parents[1] / "benchmarks" / "results"
@@ -233,8 +233,7 @@ def test_auto_reaches_the_best_fixed_draft_length_on_recorded_generations():
     streams = json.loads((results / "cpu" / "smollm2_streams.json").read_text())["streams"]
     for stream in streams:
         generation = [(stream["prompt"], stream["continuation"])]
-        point = profile[f"{context_bucket(len(stream['prompt']) + len(stream['continuation']) + 8)}:1"]
-        costs = StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"])
+        costs = saved_costs(profile, len(stream["prompt"]) + len(stream["continuation"]) + 8, batch=1)
         best_fixed = max(replay(generation, lambda running: costs, gamma) for gamma in (2, 4, 8))
         auto = replay(generation, lambda running: costs, 8, AutoPlanner(costs, "ngram", 8, calibrate=False))
         assert auto >= 0.95 * best_fixed > 1.0 / costs.target_ms[1]

@@ -127,11 +127,14 @@ def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], ma
         saved[f"{context}:{batch}"] = {"target_ms": costs.target_ms, "draft_ms_per_token": costs.draft_ms_per_token}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(saved, indent=1))
-    return {
-        p: StepCosts({int(t): ms for t, ms in saved[f"{p[0]}:{p[1]}"]["target_ms"].items()},
-                     saved[f"{p[0]}:{p[1]}"]["draft_ms_per_token"])  # fmt: skip
-        for p in points
-    }
+    return {(context, batch): saved_costs(saved, context, batch) for context, batch in points}
+
+
+def saved_costs(profile: dict, length: int, batch: int) -> StepCosts:
+    """The step costs a saved profile (its JSON, read) holds for a context of `length`
+    tokens at `batch` sequences."""
+    point = profile[f"{context_bucket(length)}:{batch}"]
+    return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"])
 
 
 def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int) -> AutoPlanner:
