@@ -35,7 +35,8 @@ from e2e_decode import MODELS, random_model
 from specsa.config import NSAConfig
 from specsa.generate import generate
 from specsa.orchestrate.bench import token_match
-from specsa.orchestrate.policy import AutoPlanner, StepCosts, choose
+from specsa.orchestrate.costs import StepCosts
+from specsa.orchestrate.policy import AutoPlanner, choose
 from specsa.orchestrate.profile import measure_step_costs
 from specsa.sampling import SamplingParams
 from specsa.spec.engine import generate_speculative
@@ -124,7 +125,7 @@ def main() -> None:
                 spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, max_gamma, planner=planner,
                                             prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
                 record(dict(base, strategy=f"{name} auto", steps_by_gamma=planner.chosen,
-                            mean_step_ms_by_gamma=planner.mean_step_ms(), learnt_overhead_ms=planner.overhead_ms,
+                            mean_step_ms_by_gamma=planner.loop.mean_step_ms(), learnt_correction_ms_by_gamma=planner.loop.corrections_ms(),
                             policy_choice_at_true_rates=choose(costs, {"oracle": rates}, max_gamma).gamma,
                             tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
                             speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,

@@ -15,7 +15,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from specsa.orchestrate.policy import AutoPlanner, StepCosts
+from specsa.orchestrate.costs import StepCosts
+from specsa.orchestrate.policy import AutoPlanner
 from specsa.orchestrate.profile import saved_costs
 from specsa.orchestrate.replay import replay
 
@@ -39,17 +40,27 @@ def record(path: Path, contexts: list[int], new_tokens: int) -> None:
     path.write_text(json.dumps({"model": DEFAULT_MODEL, "streams": streams}))
 
 
-def profile_costs(profile: dict, length: int) -> Callable[[int], StepCosts]:
-    """Step costs by running sequences from a profile measured at batch 1 and 8: batch 1's
-    for one sequence, batch 8's (an upper bound) for more."""
-    costs = {batch: saved_costs(profile, length, batch) for batch in (1, 8)}
-    return lambda running: costs[1 if running == 1 else 8]
+def profile_costs(profile: dict, length: int) -> dict[int, StepCosts]:
+    """A profile measured at batch 1 and 8, by batch."""
+    return {batch: saved_costs(profile, length, batch) for batch in (1, 8)}
 
 
-def compare(generations: list[tuple[list[int], list[int]]], profile: dict) -> str:
-    costs = profile_costs(profile, max(len(p) + len(c) + 8 for p, c in generations))
+def at_running(by_batch: dict[int, StepCosts], host_ms: float) -> Callable[[int], StepCosts]:
+    """What a step costs with n sequences running (batch 8's costs, an upper bound, for
+    more than one), in a loop whose host work per step, `host_ms`, overlaps the GPU's: a
+    step takes the longer of the two, so the profile's differences between step sizes
+    shrink or vanish (0: the profile as it is)."""
+    overlapped = {batch: StepCosts({t: max(ms, host_ms) for t, ms in costs.target_ms.items()}, costs.draft_ms_per_token)
+                  for batch, costs in by_batch.items()}  # fmt: skip
+    return lambda running: overlapped[1 if running == 1 else 8]
+
+
+def compare(generations: list[tuple[list[int], list[int]]], profile: dict, host_ms: float) -> str:
+    """`auto` plans with the profile and is told each step's time under `host_ms`."""
+    by_batch = profile_costs(profile, max(len(p) + len(c) + 8 for p, c in generations))
+    costs = at_running(by_batch, host_ms)
     fixed = {gamma: replay(generations, costs, gamma) for gamma in (2, 4, 8)}
-    auto = replay(generations, costs, 8, AutoPlanner(costs(len(generations)), "ngram", 8, calibrate=False))
+    auto = replay(generations, costs, 8, AutoPlanner(by_batch, "ngram", 8))
     best = max(fixed, key=fixed.get)
     return (" ".join(f"ngram:{g} {v:.3f}" for g, v in fixed.items())
             + f" | auto {auto:.3f} tok/ms = {auto / fixed[best]:.3f} of ngram:{best}")  # fmt: skip
@@ -61,15 +72,18 @@ def main() -> None:
     parser.add_argument("--streams", type=Path, help="replay these streams, one by one and all as one batch")
     parser.add_argument("--contexts", default="1024,4096")
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--host-ms", default="0", help="host work per step that overlaps the GPU's, comma-separated")
     args = parser.parse_args()
     if args.record:
         record(args.record, [int(c) for c in args.contexts.split(",")], args.new_tokens)
     if args.streams:
         profile = json.loads(PROFILE.read_text())
         generations = [(s["prompt"], s["continuation"]) for s in json.loads(args.streams.read_text())["streams"]]
-        for prompt, continuation in generations:
-            print(f"{len(prompt):>6} tokens, batch 1 | " + compare([(prompt, continuation)], profile))
-        print(f"all {len(generations)} as one batch | " + compare(generations, profile))
+        for host_ms in map(float, args.host_ms.split(",")):
+            print(f"host work {host_ms} ms per step")
+            for prompt, continuation in generations:
+                print(f"{len(prompt):>6} tokens, batch 1 | " + compare([(prompt, continuation)], profile, host_ms))
+            print(f"all {len(generations)} as one batch | " + compare(generations, profile, host_ms))
 
 
 if __name__ == "__main__":

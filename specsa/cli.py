@@ -272,7 +272,7 @@ def run_generate(args: argparse.Namespace) -> None:
                                        planner=planner, **options)  # fmt: skip
         if planner is not None:
             auto = {"drafter": "ngram", "steps_by_gamma": planner.chosen, "costs": planner.costs_source,
-                    "learnt_step_overhead_ms": planner.overhead_ms, "mean_step_ms_by_gamma": planner.mean_step_ms()}
+                    "learnt_correction_ms_by_gamma": planner.loop.corrections_ms(), "mean_step_ms_by_gamma": planner.loop.mean_step_ms()}
     for result in results:
         report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device, auto)
 

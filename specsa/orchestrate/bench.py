@@ -147,8 +147,8 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                     row.update(acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
                                **acceptance_report(results))  # fmt: skip
                 if planner is not None:
-                    row.update(steps_by_gamma=planner.chosen, mean_step_ms_by_gamma=planner.mean_step_ms(),
-                               learnt_overhead_ms=planner.overhead_ms)
+                    row.update(steps_by_gamma=planner.chosen, mean_step_ms_by_gamma=planner.loop.mean_step_ms(),
+                               learnt_correction_ms_by_gamma=planner.loop.corrections_ms())
                 rows.append(row)
     return rows
 

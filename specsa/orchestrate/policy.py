@@ -10,9 +10,9 @@ when it beats it.
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
 from dataclasses import dataclass, field
+
+from specsa.orchestrate.costs import LoopCosts, StepCosts
 
 
 def committed_by_length(rates: list[float], gamma: int) -> list[float]:
@@ -29,27 +29,6 @@ def committed_by_length(rates: list[float], gamma: int) -> list[float]:
 def expected_committed(rates: list[float], gamma: int) -> float:
     """Mean tokens committed by a step drafting γ tokens."""
     return committed_by_length(rates, gamma)[gamma]
-
-
-@dataclass(frozen=True)
-class StepCosts:
-    """Measured milliseconds at one (context, batch): a target step appending T tokens per
-    sequence (T = 1 is a decode step), and each drafter's time per drafted token."""
-
-    target_ms: dict[int, float]  # T -> ms
-    draft_ms_per_token: dict[str, float]
-
-    def step_ms(self, drafter: str | None, gamma: int) -> float:
-        if gamma == 0:
-            return self.target_ms[1]
-        return gamma * self.draft_ms_per_token[drafter] + self.target_ms[gamma + 1]
-
-    def with_overhead(self, plain_ms: float, speculative_ms: float) -> StepCosts:
-        """These costs with the host work of a running loop, which the profile's graph
-        replays leave out: `plain_ms` more per plain decoding step (T = 1), `speculative_ms`
-        per verification step (drafting bookkeeping, acceptance)."""
-        target_ms = {t: ms + (plain_ms if t == 1 else speculative_ms) for t, ms in self.target_ms.items()}
-        return StepCosts(target_ms, self.draft_ms_per_token)
 
 
 @dataclass(frozen=True)
@@ -93,9 +72,10 @@ class AcceptanceTracker:
         self.rates = [self.prior] * self.max_gamma
         self.reached = [0] * self.max_gamma
 
-    def observe(self, num_drafted: int, num_accepted: int) -> None:
-        """Position k (< num_drafted) was reached if k ≤ num_accepted; accepted if k < num_accepted."""
-        for k in range(min(num_drafted, num_accepted + 1)):
+    def observe(self, num_drafted: int, num_accepted: int, first: int = 0) -> None:
+        """Position k (< num_drafted) was reached if k ≤ num_accepted; accepted if k < num_accepted.
+        Positions before `first` are left out (seen already)."""
+        for k in range(first, min(num_drafted, num_accepted + 1)):
             weight = max(1 - self.decay, 1 / (self.reached[k] + 2))
             self.rates[k] += weight * ((1.0 if k < num_accepted else 0.0) - self.rates[k])
             self.reached[k] += 1
@@ -114,58 +94,43 @@ class AutoPlanner:
     a drafter gives), and the time its steps really take.
 
     A drafter whose proposals cost nothing (prompt lookup) is asked every step, and the
-    planner picks how many of the drafted tokens to verify (`width`). A proposal it
-    declines is compared with the token the plain step commits instead, which is what
-    verification would have found (greedy; when sampling, a one-hot draft is accepted with
-    the probability that the target samples it), so acceptance is still learnt while
-    decoding plainly. A costly drafter gets its length before it drafts (`gamma`); while
+    planner picks how many of the drafted tokens to verify (`width`). The drafts it leaves
+    unverified (all of them, on a plain step) are compared with the tokens committed
+    instead, which is what verification would have found (greedy; when sampling, a one-hot
+    draft is accepted with the probability that the target samples it), so acceptance is
+    still learnt while decoding plainly, and past the width in use. A costly drafter gets its length before it drafts (`gamma`); while
     plain decoding wins it drafts nothing, but probes with one token now and then, so a
     request that turns predictable (a quoted passage, code being copied) is noticed."""
 
     probe_every = 16  # autoregressive steps between probes
-    overhead_window = 16  # the learnt overhead is the median over this many recent steps
 
-    def __init__(self, costs: StepCosts, drafter: str, max_gamma: int, costs_source: str = "", calibrate: bool = True):
-        """`calibrate`: learn the loop's per-step overhead over the profile as it runs;
-        only for costs in milliseconds (not `linear_costs`, whose unit is a decode step).
-        Two overheads, for plain and for speculative steps (a plain step skips drafting and
-        acceptance), not a time per γ: a γ tried once on a slow step would otherwise look
-        dear for good, as it would never be tried again. Medians, not means: one slow step
-        (a garbage collection, a new shape) must not move them."""
-        self.costs, self.drafter, self.max_gamma, self.calibrate = costs, drafter, max_gamma, calibrate
+    def __init__(self, costs: StepCosts | dict[int, StepCosts], drafter: str, max_gamma: int, costs_source: str = "",
+                 calibrate: bool = True):  # fmt: skip
+        """`costs`: the profile at one batch size, or by batch size (the planner then
+        uses the costs of the number of sequences still running). `calibrate`: correct
+        them by the wall time of the loop's steps (`LoopCosts`); only for costs in
+        milliseconds (not `linear_costs`, whose unit is a decode step)."""
+        self.drafter, self.max_gamma, self.calibrate = drafter, max_gamma, calibrate
         self.costs_source = costs_source  # where the costs came from, for reports
+        self.loop = LoopCosts(costs if isinstance(costs, dict) else {1: costs}, drafter)
         self.trackers: dict[int | None, AcceptanceTracker] = {}  # evidence -> acceptance seen with it
-        self.declined: dict[int, tuple[int, list[int], int | None]] = {}  # slot -> (position, drafts, evidence)
+        # slot -> (position, drafts, evidence, verified) of its last proposal with drafts left unverified
+        self.unverified: dict[int, tuple[int, list[int], int | None, int]] = {}
         self.chosen: dict[int, int] = {}  # γ -> steps
         self.since_speculating = 0
-        self.can_pay = choose(costs, {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
-        # measured - profiled step times, of plain (False) and speculative (True) steps
-        self.overheads: dict[bool, deque[float]] = {kind: deque(maxlen=self.overhead_window) for kind in (False, True)}
-        self.step_ms: dict[int, list[float]] = {}  # γ -> each step's measured time, for reports
+        self.can_pay = choose(self.loop.profiled(1), {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
 
-    @property
-    def overhead_ms(self) -> dict[str, float | None]:
-        """The learnt overheads, {"plain", "speculative"}; None for a kind not seen yet."""
-        return {name: statistics.median(self.overheads[kind]) if self.overheads[kind] else None
-                for name, kind in (("plain", False), ("speculative", True))}  # fmt: skip
-
-    def _costs(self) -> StepCosts:
-        """The profile plus the learnt overheads. A kind of step not seen yet is taken at
-        its profiled cost: optimistic, so that it is tried and measured. (Giving it the
-        other kind's overhead could lock the planner out of plain steps: with equal
-        overheads a one-token draft at 5% acceptance looks as cheap as a plain step, and
-        the plain step's smaller overhead would never be seen.)"""
-        overhead = self.overhead_ms
-        return self.costs.with_overhead(overhead["plain"] or 0.0, overhead["speculative"] or 0.0)
+    def _costs(self, running: int) -> StepCosts:
+        return self.loop.current(running) if self.calibrate else self.loop.profiled(running)
 
     def _tracker(self, evidence: int | None) -> AcceptanceTracker:
         if evidence not in self.trackers:
             self.trackers[evidence] = AcceptanceTracker(self.max_gamma)
         return self.trackers[evidence]
 
-    def gamma(self) -> int:
-        """The draft length of the next step, chosen before drafting."""
-        gamma = choose(self._costs(), {self.drafter: self._tracker(None).estimate()}, self.max_gamma).gamma
+    def gamma(self, running: int = 1) -> int:
+        """The draft length of the next step for `running` sequences, chosen before drafting."""
+        gamma = choose(self._costs(running), {self.drafter: self._tracker(None).estimate()}, self.max_gamma).gamma
         self.since_speculating = 0 if gamma else self.since_speculating + 1
         if not gamma and self.can_pay and self.since_speculating >= self.probe_every:
             gamma, self.since_speculating = 1, 0
@@ -176,8 +141,8 @@ class AutoPlanner:
               evidence: list[int] | None) -> int:  # fmt: skip
         """How many of each sequence's free drafts to verify this step (0: decode plainly):
         the width with the most expected committed tokens per millisecond for the batch
-        (sequences with fewer drafts are padded to it). First settles the proposals
-        declined before against `contexts` (prompt + committed tokens)."""
+        (sequences with fewer drafts are padded to it). First settles the drafts left
+        unverified before against `contexts` (prompt + committed tokens)."""
         for slot, context in zip(slots, contexts):
             self._settle(slot, context)
         evidence = evidence or [None] * len(drafts)
@@ -189,7 +154,7 @@ class AutoPlanner:
                 own = committed_by_length(rates[e], len(d))
                 by_kind[e, len(d)] = own + own[-1:] * (longest - len(d))
         committed = [sum(column) for column in zip(*(by_kind[e, len(d)] for d, e in zip(drafts, evidence)))]
-        costs = self._costs()
+        costs = self._costs(len(slots))
         best, best_goodput = 0, committed[0] / costs.step_ms(None, 0)
         for width in range(1, longest + 1):
             if width + 1 not in costs.target_ms:
@@ -197,42 +162,30 @@ class AutoPlanner:
             goodput = committed[width] / costs.step_ms(self.drafter, width)
             if goodput > best_goodput:
                 best, best_goodput = width, goodput
-        if best == 0:
-            for slot, context, d, e in zip(slots, contexts, drafts, evidence):
-                if d:
-                    self.declined[slot] = (len(context), d, e)
+        for slot, context, d, e in zip(slots, contexts, drafts, evidence):
+            if len(d) > best:
+                self.unverified[slot] = (len(context), d, e, best)
         self.chosen[best] = self.chosen.get(best, 0) + 1
         return best
 
     def _settle(self, slot: int, context: list[int]) -> None:
-        """A declined proposal is settled by the tokens committed after it: they show which
-        of its positions verification would have accepted (positions past them are left
-        unseen, not counted as rejected)."""
-        if slot not in self.declined:
+        """Drafts left unverified are settled by the tokens committed after them: they show
+        which of them verification would have accepted, had every draft before them been
+        (positions past the committed tokens are left unseen, not counted as rejected)."""
+        if slot not in self.unverified:
             return
-        position, drafts, evidence = self.declined.pop(slot)
+        position, drafts, evidence, verified = self.unverified.pop(slot)
         committed = context[position : position + len(drafts)]
         matched = 0
         while matched < len(committed) and drafts[matched] == committed[matched]:
             matched += 1
-        self.observe(len(drafts) if matched < len(committed) else matched, matched, evidence)
+        if matched >= verified:  # else a verified draft was rejected, and the loop has said so
+            num_drafted = len(drafts) if matched < len(committed) else matched
+            self._tracker(evidence).observe(num_drafted, matched, first=verified)
 
     def observe(self, num_drafted: int, num_accepted: int, evidence: int | None = None) -> None:
         self._tracker(evidence).observe(num_drafted, num_accepted)
 
-    def mean_step_ms(self) -> dict[int, float]:
-        """γ -> the mean measured time of the steps that drafted γ tokens."""
-        return {gamma: sum(times) / len(times) for gamma, times in sorted(self.step_ms.items())}
-
-    def observe_step(self, gamma: int, ms: float) -> None:
-        """A whole step that drafted γ tokens per sequence took `ms`."""
-        self.step_ms.setdefault(gamma, []).append(ms)
-        if not self.calibrate:
-            return
-        self.overheads[gamma > 0].append(ms - self.costs.step_ms(self.drafter if gamma else None, gamma))
-
-
-def linear_costs(max_gamma: int) -> StepCosts:
-    """The cost model without a profile (the CPU): a step of T tokens costs T decodes, so
-    speculation never pays and `auto` decodes plainly."""
-    return StepCosts({t: float(t) for t in range(1, max_gamma + 2)}, {"ngram": 0.0})
+    def observe_step(self, gamma: int, ms: float, running: int = 1) -> None:
+        """A whole step that drafted γ tokens for each of `running` sequences took `ms`."""
+        self.loop.observe(gamma, running, ms)

@@ -21,8 +21,9 @@ import triton
 from tqdm import tqdm
 
 from specsa.model.decoder import CausalLM
-from specsa.model.graphs import StepGraphs
-from specsa.orchestrate.policy import AutoPlanner, StepCosts, linear_costs
+from specsa.model.graphs import BATCH_BUCKETS, StepGraphs
+from specsa.orchestrate.costs import StepCosts, linear_costs
+from specsa.orchestrate.policy import AutoPlanner
 from specsa.spec.ngram import NgramDrafter
 
 
@@ -139,9 +140,12 @@ def saved_costs(profile: dict, length: int, batch: int) -> StepCosts:
 
 def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int) -> AutoPlanner:
     """The planner `--spec auto` runs: prompt lookup with this GPU's profile (measured now if
-    missing), or on the CPU the no-profile costs, under which it decodes plainly."""
+    missing) at every batch bucket up to `batch`, as sequences finish and the batch
+    shrinks; on the CPU the no-profile costs, under which it decodes plainly."""
     if not model.lm_head.weight.is_cuda:
         return AutoPlanner(linear_costs(max_gamma), "ngram", max_gamma, calibrate=False,
                            costs_source="none on the CPU: a step of T tokens is taken to cost T decodes")  # fmt: skip
-    costs = load_or_measure(model, [max_len], [batch], max_gamma)[(context_bucket(max_len), batch)]
-    return AutoPlanner(costs, "ngram", max_gamma, costs_source=str(profile_path(model)))
+    batches = [b for b in BATCH_BUCKETS if b < batch] + [batch]
+    costs = load_or_measure(model, [max_len], batches, max_gamma)
+    return AutoPlanner({b: costs[context_bucket(max_len), b] for b in batches}, "ngram", max_gamma,
+                       costs_source=str(profile_path(model)))  # fmt: skip

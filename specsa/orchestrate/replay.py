@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from specsa.orchestrate.policy import AutoPlanner, StepCosts
+from specsa.orchestrate.costs import StepCosts
+from specsa.orchestrate.policy import AutoPlanner
 from specsa.spec.ngram import NgramDrafter
 
 
@@ -20,7 +21,8 @@ def replay(generations: list[tuple[list[int], list[int]]], costs: Callable[[int]
     """Tokens per ms of prompt lookup over `generations` ((prompt, greedy continuation)
     pairs), decoded as one batch that shrinks as sequences finish: drafting up to
     `max_gamma` tokens every step and verifying them all, or as many as `planner` picks.
-    `costs(n)`: the step costs with n sequences running."""
+    `costs(n)`: what a step really costs with n sequences running; the planner is told
+    each step's time, as the loop tells it, and may plan with other costs of its own."""
     drafter = NgramDrafter()
     contexts = [prompt + continuation[:1] for prompt, continuation in generations]
     elapsed = 0.0
@@ -40,5 +42,8 @@ def replay(generations: list[tuple[list[int], list[int]]], costs: Callable[[int]
             if planner is not None and drafts:
                 planner.observe(len(drafts), accepted, proposal.evidence[row])
             contexts[i] = contexts[i] + continuation[d : d + accepted + 1]
-        elapsed += costs(len(active)).step_ms("ngram" if width else None, width)
+        step_ms = costs(len(active)).step_ms("ngram" if width else None, width)
+        if planner is not None:
+            planner.observe_step(width, step_ms, len(active))
+        elapsed += step_ms
     return sum(len(c) - 1 for _, c in generations) / elapsed

@@ -122,7 +122,7 @@ def generate_speculative(
             width = planner.width(active_slots, contexts, proposal.tokens, proposal.evidence)
             proposal.tokens = [d[:width] for d in proposal.tokens]
         else:  # `auto` picks the length first; 0 = plain decoding
-            step_k = planner.gamma()
+            step_k = planner.gamma(len(active))
             proposal = draft(step_k) if step_k else None
         t1 = time.perf_counter()  # drafts come back as host lists, so the device is done
         if proposal is None or not any(proposal.tokens):
@@ -135,7 +135,7 @@ def generate_speculative(
                     drafter.release(slots[i])
             bar.update(len(active))
             if planner is not None:
-                planner.observe_step(0, 1e3 * (time.perf_counter() - step_start))
+                planner.observe_step(0, 1e3 * (time.perf_counter() - step_start), len(active))
             active = still_active
             continue
 
@@ -173,7 +173,7 @@ def generate_speculative(
                 drafter.release(slots[i])
             bar.update(len(committed))
         if planner is not None:  # the whole step, host work included (the loop just synced)
-            planner.observe_step(width, 1e3 * (time.perf_counter() - step_start))
+            planner.observe_step(width, 1e3 * (time.perf_counter() - step_start), len(active))
         active = still_active
     bar.close()
     decode_s = synchronize(device) - start

@@ -117,7 +117,7 @@ class _Alternating:
     def __init__(self):
         self.steps, self.observed = 0, []
 
-    def gamma(self) -> int:
+    def gamma(self, running: int = 1) -> int:
         self.steps += 1
         return (0, 2, 0, 0, 5)[self.steps % 5]
 
@@ -127,7 +127,7 @@ class _Alternating:
     def observe(self, num_drafted: int, num_accepted: int, evidence: int | None = None) -> None:
         pass
 
-    def observe_step(self, gamma: int, ms: float) -> None:
+    def observe_step(self, gamma: int, ms: float, running: int) -> None:
         self.observed.append(gamma)
 
 

@@ -1,0 +1,107 @@
+"""What a step costs: as `specsa profile` measured it (StepCosts), and as the running loop
+shows it (LoopCosts), which is what the planner decides with.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Measured milliseconds at one (context, batch): a target step appending T tokens per
+    sequence (T = 1 is a decode step), and each drafter's time per drafted token."""
+
+    target_ms: dict[int, float]  # T -> ms
+    draft_ms_per_token: dict[str, float]
+
+    def step_ms(self, drafter: str | None, gamma: int) -> float:
+        if gamma == 0:
+            return self.target_ms[1]
+        return gamma * self.draft_ms_per_token[drafter] + self.target_ms[gamma + 1]
+
+
+def linear_costs(max_gamma: int) -> StepCosts:
+    """The cost model without a profile (the CPU): a step of T tokens costs T decodes, so
+    speculation never pays and `auto` decodes plainly."""
+    return StepCosts({t: float(t) for t in range(1, max_gamma + 2)}, {"ngram": 0.0})
+
+
+class LoopCosts:
+    """The profile's time for a step's shape, corrected by the wall time the loop's own
+    steps have taken.
+
+    The profile times CUDA-graph replays back to back. A step of the loop also drafts,
+    copies the feed, accepts and books the result, and part of that host work overlaps the
+    GPU's, so the loop pays more than the profile says, and not by the same amount at
+    every width: SmolLM2 at 4K, batch 1 (H100) took 1.95 ms for 8- and for 9-token steps
+    alike, where the profile has 1.54 and 1.72 ms. One overhead per kind of step (plain,
+    speculative) kept the planner off the wider step for good. So the correction (wall
+    time - profile) is learnt per width: a width taken is planned at its own recent median;
+    one not taken yet at the correction of the widths taken beside it (interpolated), but
+    no dearer than the widest taken below it, so that it is tried once and measured."""
+
+    window = 16  # the recent steps a median is over
+
+    def __init__(self, profile: dict[int, StepCosts], drafter: str):
+        """`profile`: the measured costs by batch size; `drafter` names the per-token
+        drafting cost in them that speculative steps pay."""
+        self.profile = dict(sorted(profile.items()))
+        self.drafter = drafter
+        self.residuals: dict[int, deque[float]] = {}  # width -> wall - profiled ms of its recent steps
+        self.step_ms: dict[int, list[float]] = {}  # width -> every step's wall time, for reports
+
+    def profiled(self, running: int) -> StepCosts:
+        """The profile at the smallest measured batch holding `running` sequences (a
+        captured step runs at its batch bucket); the largest measured if none does."""
+        return next((costs for batch, costs in self.profile.items() if batch >= running), list(self.profile.values())[-1])
+
+    def observe(self, width: int, running: int, ms: float) -> None:
+        """A whole step verifying `width` drafts per sequence (0: plain) for `running`
+        sequences took `ms` of wall time."""
+        self.step_ms.setdefault(width, []).append(ms)
+        residual = ms - self.profiled(running).step_ms(self.drafter if width else None, width)
+        self.residuals.setdefault(width, deque(maxlen=self.window)).append(residual)
+
+    def corrections_ms(self) -> dict[int, float]:
+        """Width -> the median of wall - profiled time over its recent steps. Medians, not
+        means, so that one slow step (a garbage collection, a new shape) does not move them."""
+        return {width: statistics.median(r) for width, r in sorted(self.residuals.items())}
+
+    def mean_step_ms(self) -> dict[int, float]:
+        """Width -> the mean wall time of the steps taken at it."""
+        return {width: sum(times) / len(times) for width, times in sorted(self.step_ms.items())}
+
+    def current(self, running: int) -> StepCosts:
+        """The costs to plan the next step for `running` sequences with. A kind of step not
+        seen yet (plain, or any speculative width) is taken at its profiled cost:
+        optimistic, so that it is tried. (Giving plain steps the speculative ones'
+        correction could lock the planner out of them: at 5% acceptance a one-token draft
+        then looks as cheap as a plain step, and the plain step's smaller cost is never
+        seen.)"""
+        profiled, corrections = self.profiled(running), self.corrections_ms()
+        speculative = {width: c for width, c in corrections.items() if width}
+        target_ms, widest_taken_ms = {}, None
+        for query_len, ms in sorted(profiled.target_ms.items()):
+            width = query_len - 1
+            if width == 0 or width in corrections:
+                ms += corrections.get(width, 0.0)
+                widest_taken_ms = ms if width else None
+            else:
+                ms += _between(width, speculative)
+                if widest_taken_ms is not None:
+                    ms = min(ms, widest_taken_ms)
+            target_ms[query_len] = ms
+        return StepCosts(target_ms, profiled.draft_ms_per_token)
+
+
+def _between(x: int, points: dict[int, float]) -> float:
+    """The value at x interpolated linearly between the nearest points either side of it
+    (the nearest one's beyond the ends; 0 without points)."""
+    below = max((p for p in points if p < x), default=None)
+    above = min((p for p in points if p > x), default=None)
+    if below is None or above is None:
+        return points.get(below if above is None else above, 0.0)
+    return points[below] + (points[above] - points[below]) * (x - below) / (above - below)
