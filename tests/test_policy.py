@@ -151,10 +151,12 @@ def test_a_wider_step_not_taken_yet_is_tried_and_kept_where_the_loop_makes_it_no
         widths.append(choose(planner.loop.current(1), {"ngram": rates}, 8).gamma)
         planner.observe_step(widths[-1], wall_ms[widths[-1]])
     assert widths[:2] == [7, 8] and widths[-4:] == [8] * 4
-    # where the wider step really is dearer, one try settles it
+    # where the wider step really is dearer, three tries settle it
     planner = AutoPlanner(profile, "ngram", 8)
-    for width in (7, 8):
+    for width in (7, 8, 8):
         planner.observe_step(width, profile.target_ms[width + 1] + 0.4)
+    assert choose(planner.loop.current(1), {"ngram": rates}, 8).gamma == 8
+    planner.observe_step(8, profile.target_ms[9] + 0.4)
     assert [choose(planner.loop.current(1), {"ngram": rates}, 8).gamma for _ in range(3)] == [7] * 3
 
 

@@ -40,10 +40,13 @@ class LoopCosts:
     alike, where the profile has 1.54 and 1.72 ms. One overhead per kind of step (plain,
     speculative) kept the planner off the wider step for good. So the correction (wall
     time - profile) is learnt per width: a width taken is planned at its own recent median;
-    one not taken yet at the correction of the widths taken beside it (interpolated), but
-    no dearer than the widest taken below it, so that it is tried once and measured."""
+    one not taken yet at the correction of the widths taken beside it (interpolated). Until
+    a width has been taken `settled_after` times it is assumed no dearer than the widest
+    one taken below it, so that it is tried and measured, and one slow step (the same
+    graph replays vary by 10% in the loop) does not rule it out for good."""
 
     window = 16  # the recent steps a median is over
+    settled_after = 3  # steps at a width before its own median may rank it dearer than a narrower one
 
     def __init__(self, profile: dict[int, StepCosts], drafter: str):
         """`profile`: the measured costs by batch size; `drafter` names the per-token
@@ -51,6 +54,7 @@ class LoopCosts:
         self.profile = dict(sorted(profile.items()))
         self.drafter = drafter
         self.residuals: dict[int, deque[float]] = {}  # width -> wall - profiled ms of its recent steps
+        self.corrections: dict[int, float] = {}  # width -> the median of its residuals, kept up to date
         self.step_ms: dict[int, list[float]] = {}  # width -> every step's wall time, for reports
 
     def profiled(self, running: int) -> StepCosts:
@@ -63,12 +67,14 @@ class LoopCosts:
         sequences took `ms` of wall time."""
         self.step_ms.setdefault(width, []).append(ms)
         residual = ms - self.profiled(running).step_ms(self.drafter if width else None, width)
-        self.residuals.setdefault(width, deque(maxlen=self.window)).append(residual)
+        recent = self.residuals.setdefault(width, deque(maxlen=self.window))
+        recent.append(residual)
+        self.corrections[width] = statistics.median(recent)
 
     def corrections_ms(self) -> dict[int, float]:
         """Width -> the median of wall - profiled time over its recent steps. Medians, not
         means, so that one slow step (a garbage collection, a new shape) does not move them."""
-        return {width: statistics.median(r) for width, r in sorted(self.residuals.items())}
+        return dict(sorted(self.corrections.items()))
 
     def mean_step_ms(self) -> dict[int, float]:
         """Width -> the mean wall time of the steps taken at it."""
@@ -81,27 +87,31 @@ class LoopCosts:
         correction could lock the planner out of them: at 5% acceptance a one-token draft
         then looks as cheap as a plain step, and the plain step's smaller cost is never
         seen.)"""
-        profiled, corrections = self.profiled(running), self.corrections_ms()
-        speculative = {width: c for width, c in corrections.items() if width}
-        target_ms, widest_taken_ms = {}, None
+        profiled = self.profiled(running)
+        taken = sorted(width for width in self.corrections if width)  # speculative widths measured
+        target_ms, widest_taken_ms, below = {}, None, -1  # below: index in `taken` of the last one ≤ width
         for query_len, ms in sorted(profiled.target_ms.items()):
             width = query_len - 1
-            if width == 0 or width in corrections:
-                ms += corrections.get(width, 0.0)
-                widest_taken_ms = ms if width else None
+            while below + 1 < len(taken) and taken[below + 1] <= width:
+                below += 1
+            if width == 0 or width in self.corrections:
+                ms += self.corrections.get(width, 0.0)
             else:
-                ms += _between(width, speculative)
-                if widest_taken_ms is not None:
-                    ms = min(ms, widest_taken_ms)
+                ms += self._interpolated(width, taken[below] if below >= 0 else None,
+                                         taken[below + 1] if below + 1 < len(taken) else None)  # fmt: skip
+            steps = len(self.residuals.get(width, ()))
+            if width and steps < self.settled_after and widest_taken_ms is not None:
+                ms = min(ms, widest_taken_ms)
+            if width and steps:
+                widest_taken_ms = ms
             target_ms[query_len] = ms
         return StepCosts(target_ms, profiled.draft_ms_per_token)
 
-
-def _between(x: int, points: dict[int, float]) -> float:
-    """The value at x interpolated linearly between the nearest points either side of it
-    (the nearest one's beyond the ends; 0 without points)."""
-    below = max((p for p in points if p < x), default=None)
-    above = min((p for p in points if p > x), default=None)
-    if below is None or above is None:
-        return points.get(below if above is None else above, 0.0)
-    return points[below] + (points[above] - points[below]) * (x - below) / (above - below)
+    def _interpolated(self, width: int, below: int | None, above: int | None) -> float:
+        """The correction at an untaken width: linear between the nearest widths taken on
+        either side, the nearest one's beyond the ends, 0 if none is."""
+        if below is None or above is None:
+            nearest = above if below is None else below
+            return 0.0 if nearest is None else self.corrections[nearest]
+        low, high = self.corrections[below], self.corrections[above]
+        return low + (high - low) * (width - below) / (above - below)

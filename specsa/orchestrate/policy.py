@@ -145,9 +145,12 @@ class AutoPlanner:
         unverified before against `contexts` (prompt + committed tokens)."""
         for slot, context in zip(slots, contexts):
             self._settle(slot, context)
+        longest = max(map(len, drafts), default=0)
+        if not longest:  # nothing to verify
+            self.chosen[0] = self.chosen.get(0, 0) + 1
+            return 0
         evidence = evidence or [None] * len(drafts)
         rates = {e: self._tracker(e).estimate() for e in set(evidence)}
-        longest = max(map(len, drafts), default=0)
         by_kind: dict[tuple, list[float]] = {}  # (evidence, drafts) -> width -> expected committed
         for d, e in zip(drafts, evidence):
             if (e, len(d)) not in by_kind:
