@@ -36,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(gen)
     spec = gen.add_argument_group("speculative decoding")
     spec.add_argument("--spec", default="auto", choices=["auto", "off", "ngram", "self", "draft"],
-                      help="drafter; auto (default) drafts by prompt lookup only when this GPU's measured "
-                           "step costs and the acceptance so far say it pays")  # fmt: skip
+                      help="drafter; auto (default) drafts by prompt lookup (and by --draft-model if given) "
+                           "only when this GPU's measured step costs and the acceptance so far say it pays")  # fmt: skip
     spec.add_argument("--num-speculative-tokens", type=int, default=4, help="K: tokens drafted per step (auto: at most)")
-    spec.add_argument("--draft-model", default=None, help="model for --spec draft (same vocabulary as --model)")
+    spec.add_argument("--draft-model", default=None, help="model for --spec draft, or for auto to weigh against prompt lookup "
+                                                                 "(same vocabulary as --model)")  # fmt: skip
     spec.add_argument("--ngram-min", type=int, default=1, help="shortest suffix --spec ngram looks up")
     spec.add_argument("--ngram-max", type=int, default=4, help="longest suffix --spec ngram looks up")
     spec.add_argument("--self-draft-selected", type=int, default=4, help="n of the self drafter's NSA")
@@ -189,8 +190,8 @@ def precision_from(args: argparse.Namespace, num_layers: int):
 def check_spec_args(args: argparse.Namespace) -> None:
     if args.num_speculative_tokens < 1:
         raise ValueError(f"--num-speculative-tokens must be at least 1, got {args.num_speculative_tokens}.")
-    if args.draft_model is not None and args.spec != "draft":
-        raise ValueError("--draft-model is only used with --spec draft; add --spec draft or drop --draft-model.")
+    if args.draft_model is not None and args.spec not in ("draft", "auto"):
+        raise ValueError("--draft-model is used with --spec draft or auto; choose one of them or drop --draft-model.")
     if args.spec == "draft" and args.draft_model is None:
         raise ValueError("--spec draft needs --draft-model PATH (a smaller model with the same vocabulary).")
     if args.spec == "self" and args.attention != "nsa":
@@ -202,10 +203,11 @@ def make_drafter_factory(args, model, params, overrides, dtype, device, num_prom
     import dataclasses
 
     from specsa.model.loader import load_model
+    from specsa.spec.lookup_and_model import LookupAndModel
     from specsa.spec.model_drafter import DraftModelDrafter, SelfDrafter
     from specsa.spec.ngram import NgramDrafter
 
-    if args.spec in ("ngram", "auto"):
+    if args.spec == "ngram" or (args.spec == "auto" and args.draft_model is None):
         drafter = NgramDrafter(args.ngram_min, args.ngram_max)
         return lambda cache, generator: drafter
     if args.spec == "self":
@@ -213,9 +215,14 @@ def make_drafter_factory(args, model, params, overrides, dtype, device, num_prom
         layers = parse_layers(args.self_draft_layers)
         return lambda cache, generator: SelfDrafter(model, cache, params, generator, draft_nsa=draft_nsa, layers=layers)
     draft = load_model(args.draft_model, attention=args.attention, nsa_overrides=overrides, dtype=dtype, device=device)
-    return lambda cache, generator: DraftModelDrafter(
-        draft, model, num_prompts, max_len, params, generator, prefill_chunk=args.prefill_chunk
-    )
+
+    def model_drafter(generator):
+        return DraftModelDrafter(draft, model, num_prompts, max_len, params, generator, prefill_chunk=args.prefill_chunk)
+
+    if args.spec == "auto":  # the planner weighs the draft model against prompt lookup at every step
+        return lambda cache, generator: LookupAndModel(NgramDrafter(args.ngram_min, args.ngram_max),
+                                                       model_drafter(generator))  # fmt: skip
+    return lambda cache, generator: model_drafter(generator)
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -267,11 +274,15 @@ def run_generate(args: argparse.Namespace) -> None:
     else:
         max_len = max(map(len, prompt_ids)) + params.max_new_tokens + args.num_speculative_tokens
         factory = make_drafter_factory(args, model, params, overrides, dtype, device, len(prompt_ids), max_len)
-        planner = planner_for(model, max_len, len(prompt_ids), args.num_speculative_tokens) if args.spec == "auto" else None
+        planner = None
+        if args.spec == "auto":
+            planner = planner_for(model, max_len, len(prompt_ids), args.num_speculative_tokens,
+                                  model_drafter=args.draft_model is not None)  # fmt: skip
         results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens,
                                        planner=planner, **options)  # fmt: skip
         if planner is not None:
             auto = {"drafter": "ngram", "steps_by_gamma": planner.chosen, "costs": planner.costs_source,
+                    "draft_model_steps_by_gamma": planner.model_chosen,
                     "learnt_correction_ms_by_gamma": planner.loop.corrections_ms(), "mean_step_ms_by_gamma": planner.loop.mean_step_ms()}
     for result in results:
         report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device, auto)

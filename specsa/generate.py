@@ -99,23 +99,24 @@ def start_requests(
     return [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
 
 
-def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None) -> StepGraphs | None:
-    """CUDA graphs for the decode/verify steps: by default wherever the kernels run on CUDA."""
+def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None, **run) -> StepGraphs | None:
+    """CUDA graphs for the decode/verify steps: by default wherever the kernels run on CUDA.
+    `run`: options of `CausalLM.run` the steps are captured with (a self drafter's)."""
     on_cuda = model.lm_head.weight.is_cuda
     if cuda_graphs is None:
         cuda_graphs = on_cuda and model.use_kernels is not False
     if cuda_graphs and not on_cuda:
         raise ValueError("CUDA graphs need a CUDA device; drop the option on the CPU.")
-    return StepGraphs(model, cache) if cuda_graphs else None
+    return StepGraphs(model, cache, **run) if cuda_graphs else None
 
 
-def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids, slots, query_lens):
+def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids, slots, query_lens, **run):
     """Logits [N, V] of a step that appends query_lens[i] tokens to slots[i]: replayed from
     a CUDA graph when every sequence appends the same number (and the shape is capturable),
-    else run eagerly."""
+    else run eagerly (with `run`, the options the graphs were captured with)."""
     if graphs is not None and len(set(query_lens)) == 1 and graphs.supports(len(slots), query_lens[0]):
         return graphs.logits(token_ids, slots, query_lens[0])
-    return model.logits(model(token_ids, slots, query_lens, cache))
+    return model.logits(model(token_ids, slots, query_lens, cache, **run))
 
 
 def decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator) -> list[int]:

@@ -51,7 +51,7 @@ def test_plain_output_and_batch_from_files(capsys, tiny_llama, tmp_path):
         (["--prompt", "w1", "--device", "cuda:7"], "cuda"),
         (["--prompt-file", "/no/such/file"], "prompt file"),
         (["--prompt", "w1", "--spec", "ngram", "--num-speculative-tokens", "0"], "at least 1"),
-        (["--prompt", "w1", "--draft-model", "x"], "only used with --spec draft"),
+        (["--prompt", "w1", "--spec", "ngram", "--draft-model", "x"], "used with --spec draft or auto"),
         (["--prompt", "w1", "--spec", "draft"], "needs --draft-model"),
         (["--prompt", "w1", "--spec", "self", "--attention", "dense"], "--attention nsa"),
         (["--prompt", "w1", "--spec", "self", "--self-draft-layers", "0-x"], "--self-draft-layers"),
@@ -103,6 +103,18 @@ def test_speculative_json_reports_acceptance(capsys, tiny_llama):
     assert record["acceptance_length"] > 1 and len(record["acceptance_rate_by_position"]) == 3
     for key in ("draft_s", "verify_s", "drafted", "accepted"):
         assert key in record
+
+
+def test_auto_with_a_draft_model_runs_and_reports_it(capsys, tiny_llama):
+    """On the CPU (no profile: a step of T tokens costs T decodes) `auto` decodes plainly,
+    with the draft model ready beside prompt lookup and none of its steps taken."""
+    prompt = " ".join(f"w{i % 10}" for i in range(80))
+    code, out, err = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", prompt, "--max-new-tokens", "12",
+                         "--json", "--draft-model", str(tiny_llama), *SPARSE_FLAGS)  # fmt: skip
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["spec"] == "auto" and record["auto"]["draft_model_steps_by_gamma"] == {}
+    assert record["auto"]["steps_by_gamma"] == {"0": 11}  # the first token comes from the prefill
 
 
 def test_draft_model_with_another_vocabulary_is_refused(capsys, tiny_llama, tmp_path):

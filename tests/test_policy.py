@@ -12,6 +12,13 @@ from specsa.orchestrate.policy import AcceptanceTracker, AutoPlanner, choose, ex
 FLAT = StepCosts({1: 3.0, 2: 3.1, 3: 3.2, 5: 3.4, 9: 4.0}, {"ngram": 0.01, "self": 0.8})
 
 
+def verified(planner: AutoPlanner, *args, **kwargs) -> int:
+    """The width of free drafts the planner verifies (it has no model drafter to pick)."""
+    use_model, width = planner.plan(*args, **kwargs)
+    assert not use_model
+    return width
+
+
 def test_expected_committed():
     assert expected_committed([1.0], 4) == 5.0
     assert expected_committed([0.5], 2) == pytest.approx(1 + 0.5 + 0.25)
@@ -226,10 +233,10 @@ def test_free_drafts_are_verified_by_what_their_evidence_has_shown():
         planner.observe(8, 8, evidence=4)
         planner.observe(8, 0, evidence=1)
     drafts = [list(range(10, 18))]
-    assert planner.width([0], [[1, 2, 3]], drafts, evidence=[4]) == 8
-    assert planner.width([0], [[1, 2, 3]], drafts, evidence=[1]) == 0
+    assert verified(planner, [0], [[1, 2, 3]], drafts, evidence=[4]) == 8
+    assert verified(planner, [0], [[1, 2, 3]], drafts, evidence=[1]) == 0
     # a batch pads to one width: the sequence whose drafts pay decides it
-    assert planner.width([0, 1], [[1, 2, 3], [5, 6]], [drafts[0], drafts[0][:2]], evidence=[4, 1]) == 8
+    assert verified(planner, [0, 1], [[1, 2, 3], [5, 6]], [drafts[0], drafts[0][:2]], evidence=[4, 1]) == 8
 
 
 def test_declined_drafts_are_learnt_from_the_tokens_committed_instead():
@@ -242,7 +249,7 @@ def test_declined_drafts_are_learnt_from_the_tokens_committed_instead():
     text = list(range(100, 300))  # the target's continuation, which the drafts now copy
     context, widths = [1, 2], []
     for _ in range(12):
-        width = planner.width([0], [context], [text[len(context) : len(context) + 8]], evidence=[2])
+        width = verified(planner, [0], [context], [text[len(context) : len(context) + 8]], evidence=[2])
         if width:
             planner.observe(width, width, evidence=2)  # all accepted, as the loop reports
         context = context + text[len(context) : len(context) + 1 + width]
@@ -260,11 +267,41 @@ def test_drafts_past_the_verified_width_are_learnt_from_the_tokens_committed():
     text = list(range(100, 300))
     context, widths = [1, 2], []
     for _ in range(10):
-        width = planner.width([0], [context], [text[len(context) : len(context) + 8]], evidence=[2])
+        width = verified(planner, [0], [context], [text[len(context) : len(context) + 8]], evidence=[2])
         planner.observe(width, width, evidence=2)
         context = context + text[len(context) : len(context) + 1 + width]
         widths.append(width)
     assert widths[0] == 3 and widths[-1] == 8
+
+
+def test_a_draft_model_is_weighed_against_prompt_lookup_at_every_step():
+    """Lookup's long matches have held, so they are verified in full (they cost nothing to
+    draft). Where lookup has nothing, the draft model, not timed yet, drafts one token,
+    which times it; fast and right, it drafts longer; once its drafts are rejected,
+    plain decoding wins, with a one-token probe of the model every `probe_every` plain
+    steps. A model step's verification counts with lookup's, its drafting apart."""
+    planner = AutoPlanner(FLAT, "ngram", 8, model_drafter=True)
+    for _ in range(30):
+        planner.observe(8, 8, evidence=4)
+    assert planner.plan([0], [[1, 2]], [list(range(8))], [4]) == (False, 8)
+
+    def model_step(accepted: int, ms_per_token: float = 0.1) -> tuple[bool, int]:
+        use_model, length = planner.plan([0], [[1, 2]], [[]], [0])
+        if use_model:
+            planner.observe_model_drafting(length, length * ms_per_token)
+            planner.observe(length, min(accepted, length))
+            planner.observe_step(length, FLAT.step_ms("ngram", length) + length * ms_per_token)
+        return use_model, length
+
+    assert model_step(accepted=1) == (True, 1)
+    assert model_step(accepted=8) == (True, 8)
+    lengths = [model_step(accepted=0)[1] for _ in range(16)]  # rejected: shorter drafts, then none
+    assert lengths[0] == 8 and lengths[-1] == 0 and lengths == sorted(lengths, reverse=True)
+    plans = [planner.plan([0], [[1, 2]], [[]], [0]) for _ in range(2 * AutoPlanner.probe_every)]
+    assert plans.count((True, 1)) == 2 and set(plans) == {(False, 0), (True, 1)}
+    assert planner.chosen[8] == 1 and planner.trackers[4].reached[0] == 30
+    # a model step's time less its drafting is a verification like lookup's: no correction
+    assert set(planner.loop.corrections_ms().values()) == {0.0}
 
 
 def test_declined_drafts_that_would_fail_keep_the_planner_plain():
@@ -273,7 +310,7 @@ def test_declined_drafts_that_would_fail_keep_the_planner_plain():
         planner.observe(8, 0, evidence=2)
     context = [1, 2]
     for step in range(40):
-        assert planner.width([0], [context], [[7] * 8], evidence=[2]) == 0
+        assert verified(planner, [0], [context], [[7] * 8], evidence=[2]) == 0
         context = context + [8]  # the target never writes what the drafts say
 
 

@@ -29,10 +29,12 @@ class _Captured:
 
 
 class StepGraphs:
-    def __init__(self, model: CausalLM, cache: PagedKVCache):
+    def __init__(self, model: CausalLM, cache: PagedKVCache, **run):
+        """`run`: options of `CausalLM.run` every step is captured with (a self drafter's
+        cheaper NSA and layers)."""
         if not model.lm_head.weight.is_cuda:
             raise ValueError("CUDA graphs need the model on a CUDA device; run eagerly on the CPU.")
-        self.model, self.cache = model, cache
+        self.model, self.cache, self.run_options = model, cache, run
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple[int, int], _Captured] = {}
 
@@ -99,11 +101,11 @@ class StepGraphs:
         side = torch.cuda.Stream()  # warm-up (Triton compiles) off the capturing stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self.model.logits(self.model.run(token_ids, batch, self.cache))
+            self.model.logits(self.model.run(token_ids, batch, self.cache, **self.run_options))
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self.model.logits(self.model.run(token_ids, batch, self.cache))
+            logits = self.model.logits(self.model.run(token_ids, batch, self.cache, **self.run_options))
         graph.replay()  # the first launch uploads the graph (hundreds of nodes): pay it here, not in a timed step
         captured = _Captured(graph, token_ids, batch, logits)
         self.captured[(bucket, query_len)] = captured

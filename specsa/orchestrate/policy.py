@@ -10,6 +10,8 @@ when it beats it.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 from specsa.orchestrate.costs import LoopCosts, StepCosts
@@ -94,25 +96,39 @@ class AutoPlanner:
     a drafter gives), and the time its steps really take.
 
     A drafter whose proposals cost nothing (prompt lookup) is asked every step, and the
-    planner picks how many of the drafted tokens to verify (`width`). The drafts it leaves
+    planner picks how many of the drafted tokens to verify (`plan`). The drafts it leaves
     unverified (all of them, on a plain step) are compared with the tokens committed
     instead, which is what verification would have found (greedy; when sampling, a one-hot
     draft is accepted with the probability that the target samples it), so acceptance is
-    still learnt while decoding plainly, and past the width in use. A costly drafter gets its length before it drafts (`gamma`); while
-    plain decoding wins it drafts nothing, but probes with one token now and then, so a
-    request that turns predictable (a quoted passage, code being copied) is noticed."""
+    still learnt while decoding plainly, and past the width in use. A model drafter beside
+    it (`model_drafter`) is run on the steps where its drafts, at their learnt acceptance
+    and drafting time, beat the free ones; its first draft is one token, which times it.
+
+    A costly drafter alone gets its length before it drafts (`gamma`). While plain
+    decoding wins, a costly drafter drafts nothing, but probes with one token now and
+    then, so a request that turns predictable (a quoted passage, code being copied) is
+    noticed."""
 
     probe_every = 16  # autoregressive steps between probes
 
     def __init__(self, costs: StepCosts | dict[int, StepCosts], drafter: str, max_gamma: int, costs_source: str = "",
-                 calibrate: bool = True):  # fmt: skip
+                 calibrate: bool = True, model_drafter: bool = False):  # fmt: skip
         """`costs`: the profile at one batch size, or by batch size (the planner then
         uses the costs of the number of sequences still running). `calibrate`: correct
         them by the wall time of the loop's steps (`LoopCosts`); only for costs in
-        milliseconds (not `linear_costs`, whose unit is a decode step)."""
+        milliseconds (not `linear_costs`, whose unit is a decode step). `model_drafter`:
+        weigh a model drafter (the engine's `LookupAndModel`) against the free `drafter`
+        at every step; its drafting time is learnt from the loop (`observe_model_drafting`)."""
         self.drafter, self.max_gamma, self.calibrate = drafter, max_gamma, calibrate
         self.costs_source = costs_source  # where the costs came from, for reports
-        self.loop = LoopCosts(costs if isinstance(costs, dict) else {1: costs}, drafter)
+        profile = costs if isinstance(costs, dict) else {1: costs}
+        self.loop = LoopCosts(profile, drafter)
+        self.model_drafter = model_drafter
+        self.model_tracker = AcceptanceTracker(max_gamma)
+        self.model_ms_per_token: deque[float] = deque(maxlen=LoopCosts.window)  # its recent drafting times
+        self.model_chosen: dict[int, int] = {}  # γ -> steps drafted by the model drafter
+        self.drafting_with_model = False  # the step being run drafts with the model drafter
+        self.model_drafting_ms = 0.0  # … and took this long to draft
         self.trackers: dict[int | None, AcceptanceTracker] = {}  # evidence -> acceptance seen with it
         # slot -> (position, drafts, evidence, verified) of its last proposal with drafts left unverified
         self.unverified: dict[int, tuple[int, list[int], int | None, int]] = {}
@@ -137,18 +153,47 @@ class AutoPlanner:
         self.chosen[gamma] = self.chosen.get(gamma, 0) + 1
         return gamma
 
-    def width(self, slots: list[int], contexts: list[list[int]], drafts: list[list[int]],
-              evidence: list[int] | None) -> int:  # fmt: skip
-        """How many of each sequence's free drafts to verify this step (0: decode plainly):
-        the width with the most expected committed tokens per millisecond for the batch
-        (sequences with fewer drafts are padded to it). First settles the drafts left
-        unverified before against `contexts` (prompt + committed tokens)."""
+    def plan(self, slots: list[int], contexts: list[list[int]], drafts: list[list[int]],
+             evidence: list[int] | None) -> tuple[bool, int]:  # fmt: skip
+        """The next step, given each sequence's free drafts: (False, w) verifies the first
+        w of them (w = 0: decode plainly), (True, γ) drafts γ tokens with the model
+        drafter instead. The choice with the most expected committed tokens per
+        millisecond for the batch (sequences with fewer drafts are padded to the width).
+        First settles the drafts left unverified before against `contexts` (prompt +
+        committed tokens)."""
         for slot, context in zip(slots, contexts):
             self._settle(slot, context)
+        width, goodput = self._best_width(len(slots), drafts, evidence)
+        use_model, length = False, width
+        if self.model_drafter:
+            costs = self._costs(len(slots))
+            timed = bool(self.model_ms_per_token)  # untimed, it is tried with one token, taken as free
+            per_token = statistics.median(self.model_ms_per_token) if timed else 0.0
+            committed = committed_by_length(self.model_tracker.estimate(), self.max_gamma)
+            for gamma in range(1, self.max_gamma + 1 if timed else 2):
+                if gamma + 1 in costs.target_ms:
+                    model_goodput = len(slots) * committed[gamma] / (costs.target_ms[gamma + 1] + gamma * per_token)
+                    if model_goodput > goodput:
+                        use_model, length, goodput = True, gamma, model_goodput
+            self.since_speculating = 0 if length else self.since_speculating + 1
+            if not length and self.can_pay and self.since_speculating >= self.probe_every:
+                use_model, length, self.since_speculating = True, 1, 0
+        verified = 0 if use_model else length
+        for slot, context, d, e in zip(slots, contexts, drafts, evidence or [None] * len(drafts)):
+            if len(d) > verified:
+                self.unverified[slot] = (len(context), d, e, verified)
+        self.drafting_with_model = use_model
+        counts = self.model_chosen if use_model else self.chosen
+        counts[length] = counts.get(length, 0) + 1
+        return use_model, length
+
+    def _best_width(self, running: int, drafts: list[list[int]], evidence: list[int] | None) -> tuple[int, float]:
+        """(width, expected committed tokens per ms) of the best way to verify free drafts."""
+        costs = self._costs(running)
+        plain = running / costs.step_ms(None, 0)
         longest = max(map(len, drafts), default=0)
         if not longest:  # nothing to verify
-            self.chosen[0] = self.chosen.get(0, 0) + 1
-            return 0
+            return 0, plain
         evidence = evidence or [None] * len(drafts)
         rates = {e: self._tracker(e).estimate() for e in set(evidence)}
         by_kind: dict[tuple, list[float]] = {}  # (evidence, drafts) -> width -> expected committed
@@ -157,19 +202,14 @@ class AutoPlanner:
                 own = committed_by_length(rates[e], len(d))
                 by_kind[e, len(d)] = own + own[-1:] * (longest - len(d))
         committed = [sum(column) for column in zip(*(by_kind[e, len(d)] for d, e in zip(drafts, evidence)))]
-        costs = self._costs(len(slots))
-        best, best_goodput = 0, committed[0] / costs.step_ms(None, 0)
+        best, best_goodput = 0, plain
         for width in range(1, longest + 1):
             if width + 1 not in costs.target_ms:
                 continue
             goodput = committed[width] / costs.step_ms(self.drafter, width)
             if goodput > best_goodput:
                 best, best_goodput = width, goodput
-        for slot, context, d, e in zip(slots, contexts, drafts, evidence):
-            if len(d) > best:
-                self.unverified[slot] = (len(context), d, e, best)
-        self.chosen[best] = self.chosen.get(best, 0) + 1
-        return best
+        return best, best_goodput
 
     def _settle(self, slot: int, context: list[int]) -> None:
         """Drafts left unverified are settled by the tokens committed after them: they show
@@ -187,8 +227,15 @@ class AutoPlanner:
             self._tracker(evidence).observe(num_drafted, matched, first=verified)
 
     def observe(self, num_drafted: int, num_accepted: int, evidence: int | None = None) -> None:
-        self._tracker(evidence).observe(num_drafted, num_accepted)
+        tracker = self.model_tracker if self.drafting_with_model else self._tracker(evidence)
+        tracker.observe(num_drafted, num_accepted)
+
+    def observe_model_drafting(self, num_tokens: int, ms: float) -> None:
+        """The model drafter drafted `num_tokens` per sequence in `ms` this step."""
+        self.model_ms_per_token.append(ms / num_tokens)
+        self.model_drafting_ms = ms
 
     def observe_step(self, gamma: int, ms: float, running: int = 1) -> None:
-        """A whole step that drafted γ tokens for each of `running` sequences took `ms`."""
-        self.loop.observe(gamma, running, ms)
+        """A whole step that drafted γ tokens for each of `running` sequences took `ms`;
+        the model drafter's part is left out (its time per token is learnt apart)."""
+        self.loop.observe(gamma, running, ms - self.model_drafting_ms if self.drafting_with_model else ms)

@@ -138,14 +138,15 @@ def saved_costs(profile: dict, length: int, batch: int) -> StepCosts:
     return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"])
 
 
-def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int) -> AutoPlanner:
+def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int, model_drafter: bool = False) -> AutoPlanner:
     """The planner `--spec auto` runs: prompt lookup with this GPU's profile (measured now if
     missing) at every batch bucket up to `batch`, as sequences finish and the batch
-    shrinks; on the CPU the no-profile costs, under which it decodes plainly."""
+    shrinks, and against a model drafter if `model_drafter` (its time is learnt as it
+    runs); on the CPU the no-profile costs, under which it decodes plainly."""
     if not model.lm_head.weight.is_cuda:
-        return AutoPlanner(linear_costs(max_gamma), "ngram", max_gamma, calibrate=False,
+        return AutoPlanner(linear_costs(max_gamma), "ngram", max_gamma, calibrate=False, model_drafter=model_drafter,
                            costs_source="none on the CPU: a step of T tokens is taken to cost T decodes")  # fmt: skip
     batches = [b for b in BATCH_BUCKETS if b < batch] + [batch]
     costs = load_or_measure(model, [max_len], batches, max_gamma)
     return AutoPlanner({b: costs[context_bucket(max_len), b] for b in batches}, "ngram", max_gamma,
-                       costs_source=str(profile_path(model)))  # fmt: skip
+                       costs_source=str(profile_path(model)), model_drafter=model_drafter)  # fmt: skip

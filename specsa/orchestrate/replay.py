@@ -33,7 +33,7 @@ def replay(generations: list[tuple[list[int], list[int]]], costs: Callable[[int]
         if planner is None:
             width = max(map(len, proposal.tokens))
         else:
-            width = planner.width(active, [contexts[i] for i in active], proposal.tokens, proposal.evidence)
+            _, width = planner.plan(active, [contexts[i] for i in active], proposal.tokens, proposal.evidence)
         for row, (i, d) in enumerate(zip(active, done)):
             drafts, continuation = proposal.tokens[row][:width], generations[i][1]
             accepted = 0

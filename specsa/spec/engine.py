@@ -110,17 +110,22 @@ def generate_speculative(
         contexts = [gens[i].context for i in active]
         active_slots = [slots[i] for i in active]
 
-        def draft(length: int):  # up to `length` tokens each, fewer near max_new_tokens
+        def draft(length: int, by: Drafter = drafter):  # up to `length` tokens each, fewer near max_new_tokens
             budgets = [min(length, params.max_new_tokens - len(gens[i].token_ids) - 1) for i in active]
-            return drafter.propose(active_slots, contexts, budgets)
+            return by.propose(active_slots, contexts, budgets)
 
         t0 = time.perf_counter()  # the device is idle: the last step ended on a host copy
         if planner is None:
             proposal = draft(k)
-        elif drafter.proposals_are_free:  # `auto` sees the drafts before it picks how many to verify
+        elif drafter.proposals_are_free:  # `auto` sees the free drafts before it picks what to verify
             proposal = draft(k)
-            width = planner.width(active_slots, contexts, proposal.tokens, proposal.evidence)
-            proposal.tokens = [d[:width] for d in proposal.tokens]
+            use_model, length = planner.plan(active_slots, contexts, proposal.tokens, proposal.evidence)
+            if use_model:  # the drafter pairs lookup with a model (`LookupAndModel`)
+                began = time.perf_counter()
+                proposal = draft(length, by=drafter.model_drafter)  # host lists: the device is done
+                planner.observe_model_drafting(length, 1e3 * (time.perf_counter() - began))
+            else:
+                proposal.tokens = [d[:length] for d in proposal.tokens]
         else:  # `auto` picks the length first; 0 = plain decoding
             step_k = planner.gamma(len(active))
             proposal = draft(step_k) if step_k else None

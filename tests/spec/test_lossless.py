@@ -12,6 +12,7 @@ from specsa.generate import generate
 from specsa.model.loader import load_model
 from specsa.sampling import SamplingParams
 from specsa.spec.engine import generate_speculative
+from specsa.spec.lookup_and_model import LookupAndModel
 from specsa.spec.model_drafter import DraftModelDrafter, SelfDrafter
 from specsa.spec.ngram import NgramDrafter
 
@@ -112,19 +113,26 @@ def test_bad_speculation_settings_are_rejected(target, tmp_path):
 
 class _Alternating:
     """A planner that switches between plain steps and drafts of 2 and 5 tokens, before
-    drafting (`gamma`) or, for free drafts, after (`width`)."""
+    drafting (`gamma`) or, for free drafts, after (`plan`); with a model drafter beside
+    the free one, every other draft of 5 is the model's."""
 
-    def __init__(self):
-        self.steps, self.observed = 0, []
+    def __init__(self, with_model: bool = False):
+        self.steps, self.observed, self.with_model, self.model_steps = 0, [], with_model, 0
 
     def gamma(self, running: int = 1) -> int:
         self.steps += 1
         return (0, 2, 0, 0, 5)[self.steps % 5]
 
-    def width(self, slots, contexts, drafts, evidence) -> int:
-        return self.gamma()
+    def plan(self, slots, contexts, drafts, evidence) -> tuple[bool, int]:
+        length = self.gamma()
+        use_model = self.with_model and length == 5 and self.steps % 10 == 4
+        self.model_steps += use_model
+        return use_model, length
 
     def observe(self, num_drafted: int, num_accepted: int, evidence: int | None = None) -> None:
+        pass
+
+    def observe_model_drafting(self, num_tokens: int, ms: float) -> None:
         pass
 
     def observe_step(self, gamma: int, ms: float, running: int) -> None:
@@ -137,10 +145,13 @@ def test_plain_and_speculative_steps_mixed_equal_autoregressive(target, other_mo
     the tokens committed without it, and the output stays the autoregressive one."""
     prompts = repetitive_prompts(BATCHES[batch])
     expected = [g.token_ids for g in generate(target, prompts, PARAMS, frozenset())]
-    for name, factory in drafter_factories(target, other_model).items():
-        planner = _Alternating()
+    factories = drafter_factories(target, other_model)
+    factories["lookup+model"] = lambda cache, gen: LookupAndModel(NgramDrafter(1, 3), factories["draft"](cache, gen))
+    for name, factory in factories.items():
+        planner = _Alternating(with_model=name == "lookup+model")
         results = generate_speculative(target, prompts, PARAMS, frozenset(), factory, 5, planner=planner)
         assert [r.token_ids for r in results] == expected, name
         assert 0 in planner.observed and 5 in planner.observed
+        assert (planner.model_steps > 0) == (name == "lookup+model")
         for r in results:
             assert r.stats.committed == len(r.token_ids) - 1
