@@ -17,6 +17,10 @@ class ModelDrafter:
     """Keeps `cache` holding every committed token but the last; drafts from there and
     truncates back, so nothing it drafted outlives the call."""
 
+    # Committed tokens are caught up through captured steps of up to this many tokens: an
+    # eager chunk took 33 ms on SmolLM2 at 4K (H100) whatever its length, a replay 2 ms.
+    catch_up_step = 16
+
     proposals_are_free = False  # a forward pass per drafted token
 
     def __init__(
@@ -62,15 +66,24 @@ class ModelDrafter:
         return Proposal([d[:n] for d, n in zip(drafted, num_tokens)], torch.stack(probs, 1))
 
     def _catch_up(self, own_slot: int, context: list[int]) -> None:
-        """Prefill this drafter's cache with the context's tokens it has not seen, in chunks."""
+        """Append the context's tokens this drafter's cache has not seen: a prompt in
+        chunks, the few committed since its last draft in captured steps."""
         behind = context[self.cache.lengths[own_slot] : -1]
-        if behind:
-            prefill(self.model, self.cache, own_slot, behind, self.prefill_chunk)
+        if self.graphs is None or len(behind) > 4 * self.catch_up_step:
+            if behind:
+                prefill(self.model, self.cache, own_slot, behind, self.prefill_chunk)
+            return
+        device = self.model.lm_head.weight.device
+        for begin in range(0, len(behind), self.catch_up_step):
+            chunk = behind[begin : begin + self.catch_up_step]
+            step_logits(self.model, self.cache, self.graphs, torch.tensor(chunk, device=device), [own_slot], [len(chunk)],
+                        **self.forward_options)  # fmt: skip
 
     def start(self, slot: int, context: list[int]) -> None:
         self._catch_up(self.own_slot(slot), context)
-        if self.graphs is not None:  # every batch bucket this cache can hold, before decoding is timed
+        if self.graphs is not None:  # every step shape drafting takes, before decoding is timed
             self.graphs.prepare_all(len(self.cache.lengths), [1])
+            self.graphs.prepare_all(1, range(2, self.catch_up_step + 1))
 
     def release(self, slot: int) -> None:
         pass
