@@ -163,10 +163,10 @@ class AutoPlanner:
         committed tokens)."""
         for slot, context in zip(slots, contexts):
             self._settle(slot, context)
-        width, goodput = self._best_width(len(slots), drafts, evidence)
+        costs = self._costs(len(slots))
+        width, goodput = self._best_width(costs, len(slots), drafts, evidence)
         use_model, length = False, width
         if self.model_drafter:
-            costs = self._costs(len(slots))
             timed = bool(self.model_ms_per_token)  # untimed, it is tried with one token, taken as free
             per_token = statistics.median(self.model_ms_per_token) if timed else 0.0
             committed = committed_by_length(self.model_tracker.estimate(), self.max_gamma)
@@ -187,9 +187,9 @@ class AutoPlanner:
         counts[length] = counts.get(length, 0) + 1
         return use_model, length
 
-    def _best_width(self, running: int, drafts: list[list[int]], evidence: list[int] | None) -> tuple[int, float]:
+    def _best_width(self, costs: StepCosts, running: int, drafts: list[list[int]],
+                    evidence: list[int] | None) -> tuple[int, float]:  # fmt: skip
         """(width, expected committed tokens per ms) of the best way to verify free drafts."""
-        costs = self._costs(running)
         plain = running / costs.step_ms(None, 0)
         longest = max(map(len, drafts), default=0)
         if not longest:  # nothing to verify
