@@ -116,11 +116,11 @@ def main() -> None:
                         speedup_vs_ar_nsa=ar[0].decode_s / dense[0].decode_s))  # fmt: skip
             max_gamma = max(map(int, args.gammas.split(",")))
             measured = measure_step_costs(nsa_model, context, batch, max_gamma)
-            costs = StepCosts(measured.target_ms, {"oracle": 0.0})  # the oracle drafts for free
-            record(dict(base, strategy="profile", target_ms=measured.target_ms))
+            costs = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.query_groups)  # the oracle drafts for free
+            record(dict(base, strategy="profile", target_ms=measured.target_ms, query_groups=measured.query_groups))
             for name in args.rates.split(","):
                 rates = rate_sets[name]
-                planner = AutoPlanner(costs, "oracle", max_gamma)
+                planner = AutoPlanner({batch: costs}, "oracle", max_gamma)
                 factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=0)  # noqa: E731
                 spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, max_gamma, planner=planner,
                                             prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip

@@ -35,6 +35,9 @@ class StepBatch:
     positions: Tensor  # [N] int64
     seq_slots: Tensor  # [B] int32
     seq_lens: Tensor  # [B] int32, lengths after the step
+    # C, verifier queries per sparse-attention program; None: the kernel's default. A
+    # captured step takes the one `specsa profile` measured fastest for its shape.
+    query_group: int | None = None
 
     @property
     def query_len(self) -> int | None:

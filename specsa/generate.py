@@ -99,15 +99,16 @@ def start_requests(
     return [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
 
 
-def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None, **run) -> StepGraphs | None:
+def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None,
+                query_groups: dict[tuple[int, int], int] | None = None, **run) -> StepGraphs | None:  # fmt: skip
     """CUDA graphs for the decode/verify steps: by default wherever the kernels run on CUDA.
-    `run`: options of `CausalLM.run` the steps are captured with (a self drafter's)."""
+    `query_groups` and `run`: as `StepGraphs` takes them."""
     on_cuda = model.lm_head.weight.is_cuda
     if cuda_graphs is None:
         cuda_graphs = on_cuda and model.use_kernels is not False
     if cuda_graphs and not on_cuda:
         raise ValueError("CUDA graphs need a CUDA device; drop the option on the CPU.")
-    return StepGraphs(model, cache, **run) if cuda_graphs else None
+    return StepGraphs(model, cache, query_groups, **run) if cuda_graphs else None
 
 
 def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids, slots, query_lens, **run):

@@ -116,14 +116,15 @@ def test_profiles_are_saved_and_reused(tiny_llama, tmp_path, monkeypatch):
 
     def fake_measure(model, context, batch, max_gamma):
         measured.append((context, batch))
-        return StepCosts({t: float(t) for t in range(1, max_gamma + 2)}, {"ngram": 0.1})
+        return StepCosts({t: float(t) for t in range(1, max_gamma + 2)}, {"ngram": 0.1}, {5: 2})
 
     monkeypatch.setattr(profile, "measure_step_costs", fake_measure)
     model = load_model(str(tiny_llama))
     first = profile.load_or_measure(model, [3000, 9000], [1], max_gamma=4, progress=False)
     assert sorted(measured) == [(4096, 1), (16384, 1)] and first[(4096, 1)].target_ms[5] == 5.0
-    profile.load_or_measure(model, [4000], [1], max_gamma=4, progress=False)
+    again = profile.load_or_measure(model, [4000], [1], max_gamma=4, progress=False)
     assert len(measured) == 2  # reused
+    assert again[(4096, 1)].query_groups == {5: 2}  # with the query group each step was fastest with
     profile.load_or_measure(model, [4000], [1], max_gamma=8, progress=False)
     assert measured[-1] == (4096, 1)  # a longer draft needs more step sizes: measured again
     monkeypatch.setattr(profile, "_code_digest", lambda: "other kernels")
@@ -165,6 +166,12 @@ def test_a_wider_step_not_taken_yet_is_tried_and_kept_where_the_loop_makes_it_no
     assert choose(planner.loop.current(1), {"ngram": rates}, 8).gamma == 8
     planner.observe_step(8, profile.target_ms[9] + 0.4)
     assert [choose(planner.loop.current(1), {"ngram": rates}, 8).gamma for _ in range(3)] == [7] * 3
+
+
+def test_captured_steps_take_the_query_group_profiled_for_their_shape():
+    by_batch = {1: StepCosts(FLAT.target_ms, FLAT.draft_ms_per_token, {9: 4}),
+                8: StepCosts(FLAT.target_ms, FLAT.draft_ms_per_token, {5: 2, 9: 8})}  # fmt: skip
+    assert AutoPlanner(by_batch, "ngram", 8).query_groups == {(1, 9): 4, (8, 5): 2, (8, 9): 8}
 
 
 def test_costs_follow_the_number_of_sequences_still_running():

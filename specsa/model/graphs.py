@@ -29,12 +29,15 @@ class _Captured:
 
 
 class StepGraphs:
-    def __init__(self, model: CausalLM, cache: PagedKVCache, **run):
-        """`run`: options of `CausalLM.run` every step is captured with (a self drafter's
-        cheaper NSA and layers)."""
+    def __init__(self, model: CausalLM, cache: PagedKVCache, query_groups: dict[tuple[int, int], int] | None = None,
+                 **run):  # fmt: skip
+        """`query_groups`: (batch bucket, T) -> C for the sparse attention of that step
+        shape (from a profile; the kernel's default elsewhere). `run`: options of
+        `CausalLM.run` every step is captured with (a self drafter's cheaper NSA and layers)."""
         if not model.lm_head.weight.is_cuda:
             raise ValueError("CUDA graphs need the model on a CUDA device; run eagerly on the CPU.")
         self.model, self.cache, self.run_options = model, cache, run
+        self.query_groups = query_groups or {}
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple[int, int], _Captured] = {}
 
@@ -95,6 +98,7 @@ class StepGraphs:
             positions=torch.empty(rows, dtype=torch.long, device=device),
             seq_slots=torch.empty(bucket, dtype=torch.int32, device=device),
             seq_lens=torch.empty(bucket, dtype=torch.int32, device=device),
+            query_group=self.query_groups.get((bucket, query_len)),
         )  # fmt: skip
         self._pad(batch, 0, query_len)
         token_ids = torch.zeros(rows, dtype=torch.long, device=device)

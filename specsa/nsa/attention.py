@@ -76,7 +76,7 @@ def _kernels(q, cache, layer, batch, nsa, gates, scale, selected, share_group):
     out, selected = nsa_paged(
         q4, *pages, cache.k_cmp[layer], cache.v_cmp[layer], nsa,
         gates=None if gates is None else gates.view(num_seqs, num_queries, *gates.shape[1:]),
-        selected=selected, share_group=share_group, scale=scale,
+        selected=selected, share_group=share_group, query_group=batch.query_group, scale=scale,
     )  # fmt: skip
     return out.view(q.shape), selected
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,9 @@ class StepCosts:
 
     target_ms: dict[int, float]  # T -> ms
     draft_ms_per_token: dict[str, float]
+    # T -> C (queries per sparse-attention program) the step was fastest with, where that
+    # is not the kernel's default; `target_ms` is the time with it
+    query_groups: dict[int, int] = field(default_factory=dict)
 
     def step_ms(self, drafter: str | None, gamma: int) -> float:
         if gamma == 0:

@@ -136,6 +136,12 @@ class AutoPlanner:
         self.since_speculating = 0
         self.can_pay = choose(self.loop.profiled(1), {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
 
+    @property
+    def query_groups(self) -> dict[tuple[int, int], int]:
+        """(batch, T) -> C: the query group each profiled step shape is fastest with, for
+        the target's captured steps (`StepGraphs`; the profile's batches are buckets)."""
+        return {(batch, t): c for batch, costs in self.loop.profile.items() for t, c in costs.query_groups.items()}
+
     def _costs(self, running: int) -> StepCosts:
         return self.loop.current(running) if self.calibrate else self.loop.profiled(running)
 

@@ -75,34 +75,44 @@ def nondecreasing(values: list[float]) -> list[float]:
     return [mean for mean, count in pools for _ in range(count)]
 
 
+QUERY_GROUPS = (2, 4, 8, 16)  # C tried for each step of more queries than C, beside the kernel's default
+
+
 def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int, rounds: int = 20) -> StepCosts:
     """Target steps of T = 1 … max_gamma+1 tokens per sequence after `context` tokens
-    (the cache's contents do not change the cost), and prompt lookup on such a context.
-    Each round times every T once, so a slow stretch of the GPU (clocks, a neighbour)
-    touches all of them alike; a T's cost is its median over the rounds."""
+    (the cache's contents do not change the cost), each with the kernel's default query
+    group and with every C of `QUERY_GROUPS` below T, keeping the fastest; and prompt
+    lookup on such a context. Each round times every variant once, so a slow stretch of
+    the GPU (clocks, a neighbour) touches all of them alike; a variant's cost is its
+    median over the rounds."""
     cache = model.new_cache(batch, context + max_gamma + 1)
     slots = [cache.allocate() for _ in range(batch)]
     for slot in slots:
         cache.extend(slot, context)
-    graphs = StepGraphs(model, cache)
     query_lens = range(1, max_gamma + 2)
-    steps = {}
-    for query_len in query_lens:
-        ids = torch.zeros(batch * query_len, dtype=torch.long, device=cache.block_table.device)
+    bucket = next(b for b in BATCH_BUCKETS if b >= batch)
+    steps = {}  # (T, C or None) -> a step of that shape
+    for group in (None, *QUERY_GROUPS):
+        shapes = [t for t in query_lens if group is None or group < t]
+        graphs = StepGraphs(model, cache, {(bucket, t): group for t in shapes} if group else None)
+        for query_len in shapes:
+            ids = torch.zeros(batch * query_len, dtype=torch.long, device=cache.block_table.device)
 
-        def step(ids=ids, query_len=query_len):
-            graphs.logits(ids, slots, query_len)
-            for slot in slots:
-                cache.truncate(slot, context)
+            def step(graphs=graphs, ids=ids, query_len=query_len):
+                graphs.logits(ids, slots, query_len)
+                for slot in slots:
+                    cache.truncate(slot, context)
 
-        steps[query_len] = step
-        for _ in range(3):  # capture and warm up
-            step()
-    times = {t: [] for t in query_lens}
+            steps[query_len, group] = step
+            for _ in range(3):  # capture and warm up
+                step()
+    times = {variant: [] for variant in steps}
     for _ in range(rounds):
-        for query_len, step in steps.items():
-            times[query_len].append(_timed_ms(step))
-    target_ms = dict(zip(query_lens, nondecreasing([statistics.median(times[t]) for t in query_lens])))
+        for variant, step in steps.items():
+            times[variant].append(_timed_ms(step))
+    fastest = {t: min((v for v in steps if v[0] == t), key=lambda v: statistics.median(times[v])) for t in query_lens}
+    target_ms = dict(zip(query_lens, nondecreasing([statistics.median(times[fastest[t]]) for t in query_lens])))
+    query_groups = {t: group for t, (_, group) in fastest.items() if group is not None}
     text = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     lookup = NgramDrafter()
     for slot in slots:
@@ -111,7 +121,7 @@ def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int
     start = time.perf_counter()
     lookup.propose(slots, texts, [max_gamma] * batch)
     draft_ms = {"ngram": 1e3 * (time.perf_counter() - start) / max_gamma}
-    return StepCosts(target_ms, draft_ms)
+    return StepCosts(target_ms, draft_ms, query_groups)
 
 
 def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], max_gamma: int,
@@ -125,7 +135,8 @@ def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], ma
                or len(saved[f"{p[0]}:{p[1]}"]["target_ms"]) < max_gamma + 1]  # fmt: skip
     for context, batch in tqdm(missing, desc="profile", unit="point", disable=not progress or not missing):
         costs = measure_step_costs(model, context, batch, max_gamma)
-        saved[f"{context}:{batch}"] = {"target_ms": costs.target_ms, "draft_ms_per_token": costs.draft_ms_per_token}
+        saved[f"{context}:{batch}"] = {"target_ms": costs.target_ms, "draft_ms_per_token": costs.draft_ms_per_token,
+                                       "query_groups": costs.query_groups}  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(saved, indent=1))
     return {(context, batch): saved_costs(saved, context, batch) for context, batch in points}
@@ -135,18 +146,20 @@ def saved_costs(profile: dict, length: int, batch: int) -> StepCosts:
     """The step costs a saved profile (its JSON, read) holds for a context of `length`
     tokens at `batch` sequences."""
     point = profile[f"{context_bucket(length)}:{batch}"]
-    return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"])
+    query_groups = {int(t): c for t, c in point.get("query_groups", {}).items()}  # none in older profiles
+    return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"], query_groups)
 
 
 def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int, model_drafter: bool = False) -> AutoPlanner:
     """The planner `--spec auto` runs: prompt lookup with this GPU's profile (measured now if
-    missing) at every batch bucket up to `batch`, as sequences finish and the batch
+    missing) at every batch bucket up to `batch`'s, as sequences finish and the batch
     shrinks, and against a model drafter if `model_drafter` (its time is learnt as it
     runs); on the CPU the no-profile costs, under which it decodes plainly."""
     if not model.lm_head.weight.is_cuda:
         return AutoPlanner(linear_costs(max_gamma), "ngram", max_gamma, calibrate=False, model_drafter=model_drafter,
                            costs_source="none on the CPU: a step of T tokens is taken to cost T decodes")  # fmt: skip
-    batches = [b for b in BATCH_BUCKETS if b < batch] + [batch]
+    bucket = next((b for b in BATCH_BUCKETS if b >= batch), batch)  # the captured steps' batch
+    batches = [b for b in BATCH_BUCKETS if b < batch] + [bucket]  # and those of a shrinking batch
     costs = load_or_measure(model, [max_len], batches, max_gamma)
     return AutoPlanner({b: costs[context_bucket(max_len), b] for b in batches}, "ngram", max_gamma,
                        costs_source=str(profile_path(model)), model_drafter=model_drafter)  # fmt: skip

@@ -93,7 +93,7 @@ def generate_speculative(
     drafter: Drafter = drafter_factory(cache, generator)
     gens = [SpecGeneration(list(p), stats=SpecStats(k)) for p in prompts]
     slots = [cache.allocate() for _ in prompts]
-    graphs = step_graphs(model, cache, cuda_graphs)
+    graphs = step_graphs(model, cache, cuda_graphs, planner.query_groups if planner is not None else None)
 
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
     for i in active:  # the drafter reads each prompt, as part of that request's prefill

@@ -31,3 +31,28 @@ def test_speculative_greedy_with_kernels_equals_autoregressive(tiny_llama):
     results = generate_speculative(model, prompts, params, frozenset(), drafter, 3)
     assert [r.token_ids for r in results] == expected
     assert all(r.stats.accepted > 0 for r in results)
+
+
+def test_a_steps_query_group_reaches_the_kernel_and_keeps_its_output(tiny_llama, monkeypatch):
+    """C, the verifier queries per sparse-attention program (`specsa profile` picks the
+    fastest per step shape, and captured steps carry it), changes how the kernel splits its
+    work, not what it computes."""
+    from specsa.generate import prefill
+    from specsa.nsa.kernels import paged
+
+    model = load_model(str(tiny_llama), nsa_overrides=SPARSE, device=DEVICE)
+    model.use_kernels = True
+    seen = []
+    kernel = paged.nsa_paged
+    monkeypatch.setattr(paged, "nsa_paged", lambda *a, **kw: seen.append(kw["query_group"]) or kernel(*a, **kw))
+    tokens = torch.randint(2, 128, (60,), generator=torch.Generator().manual_seed(0)).tolist()
+    outputs = []
+    for group in (None, 2):
+        cache = model.new_cache(1, 80)
+        slot = cache.allocate()
+        prefill(model, cache, slot, tokens[:-5], 64)
+        step = cache.step([slot], [5])
+        step.query_group = group
+        outputs.append(model.run(torch.tensor(tokens[-5:], device=DEVICE), step, cache))
+    assert seen[-1] == 2 and None in seen
+    torch.testing.assert_close(outputs[0], outputs[1])
