@@ -115,7 +115,8 @@ def run_profile(args: argparse.Namespace) -> None:
     if not model.lm_head.weight.is_cuda:
         raise ValueError("Profiles measure GPU step costs: run `specsa profile` on a CUDA device.")
     for (context, batch), costs in load_or_measure(model, contexts, batches, args.num_speculative_tokens).items():
-        steps = "  ".join(f"T={t}: {ms:.2f}" for t, ms in sorted(costs.target_ms.items()))
+        steps = "  ".join(f"T={t}: {ms:.2f}" + (f" (C={costs.query_groups[t]})" if t in costs.query_groups else "")
+                          for t, ms in sorted(costs.target_ms.items()))  # fmt: skip
         print(f"context {context:>7} batch {batch:>3}  ms per step  {steps}")
     print(f"saved to {profile_path(model)}")
 
