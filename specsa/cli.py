@@ -284,6 +284,7 @@ def run_generate(args: argparse.Namespace) -> None:
         if planner is not None:
             auto = {"drafter": "ngram", "steps_by_gamma": planner.chosen, "costs": planner.costs_source,
                     "draft_model_steps_by_gamma": planner.model_chosen,
+                    "query_group_by_batch_and_T": {f"{b}:{t}": c for (b, t), c in planner.query_groups.items()},
                     "learnt_correction_ms_by_gamma": planner.loop.corrections_ms(), "mean_step_ms_by_gamma": planner.loop.mean_step_ms()}
     for result in results:
         report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device, auto)

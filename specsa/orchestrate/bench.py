@@ -148,7 +148,8 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                                **acceptance_report(results))  # fmt: skip
                 if planner is not None:
                     row.update(steps_by_gamma=planner.chosen, mean_step_ms_by_gamma=planner.loop.mean_step_ms(),
-                               learnt_correction_ms_by_gamma=planner.loop.corrections_ms())
+                               learnt_correction_ms_by_gamma=planner.loop.corrections_ms(),
+                               query_group_by_batch_and_T={f"{b}:{t}": c for (b, t), c in planner.query_groups.items()})
                 rows.append(row)
     return rows
 
