@@ -130,6 +130,7 @@ class AutoPlanner:
         self.drafting_with_model = False  # the step being run drafts with the model drafter
         self.model_drafting_ms = 0.0  # … and took this long to draft
         self.trackers: dict[int | None, AcceptanceTracker] = {}  # evidence -> acceptance seen with it
+        self.pooled = AcceptanceTracker(max_gamma)  # every evidence together: what a rare one leans on
         # slot -> (position, drafts, evidence, verified) of its last proposal with drafts left unverified
         self.unverified: dict[int, tuple[int, list[int], int | None, int]] = {}
         self.chosen: dict[int, int] = {}  # γ -> steps
@@ -201,7 +202,7 @@ class AutoPlanner:
         if not longest:  # nothing to verify
             return 0, plain
         evidence = evidence or [None] * len(drafts)
-        rates = {e: self._tracker(e).estimate() for e in set(evidence)}
+        rates = {e: self._rates(e) for e in set(evidence)}
         by_kind: dict[tuple, list[float]] = {}  # (evidence, drafts) -> width -> expected committed
         for d, e in zip(drafts, evidence):
             if (e, len(d)) not in by_kind:
@@ -230,11 +231,27 @@ class AutoPlanner:
             matched += 1
         if matched >= verified:  # else a verified draft was rejected, and the loop has said so
             num_drafted = len(drafts) if matched < len(committed) else matched
-            self._tracker(evidence).observe(num_drafted, matched, first=verified)
+            self._observe(evidence, num_drafted, matched, first=verified)
+
+    def _observe(self, evidence: int | None, num_drafted: int, num_accepted: int, first: int = 0) -> None:
+        self._tracker(evidence).observe(num_drafted, num_accepted, first)
+        self.pooled.observe(num_drafted, num_accepted, first)
+
+    def _rates(self, evidence: int | None) -> list[float]:
+        """The acceptance by position of drafts with this evidence. Each position weighs the
+        estimate pooled over all evidence as one observation of its own, so a match length
+        seen a few times in a request is not judged on those alone (in replays of 256-token
+        generations, two- and three-token matches were declined where they would have
+        paid; the lowest `auto` / best fixed over 15 generations went 0.947 -> 0.961)."""
+        tracker = self._tracker(evidence)
+        pooled = self.pooled.estimate()
+        return [(n * own + shared) / (n + 1) for own, n, shared in zip(tracker.estimate(), tracker.reached, pooled)]
 
     def observe(self, num_drafted: int, num_accepted: int, evidence: int | None = None) -> None:
-        tracker = self.model_tracker if self.drafting_with_model else self._tracker(evidence)
-        tracker.observe(num_drafted, num_accepted)
+        if self.drafting_with_model:
+            self.model_tracker.observe(num_drafted, num_accepted)
+        else:
+            self._observe(evidence, num_drafted, num_accepted)
 
     def observe_model_drafting(self, num_tokens: int, ms: float) -> None:
         """The model drafter drafted `num_tokens` per sequence in `ms` this step."""
