@@ -131,6 +131,7 @@ def test_profiles_are_saved_and_reused(tiny_llama, tmp_path, monkeypatch):
     profile.load_or_measure(model, [4000], [1], max_gamma=4, progress=False)
     assert len(measured) == 4  # another specsa's costs are not this one's
     assert profile.context_bucket(1) == 4096 and profile.context_bucket(4097) == 8192
+    assert profile.batch_bucket(1) == 1 and profile.batch_bucket(6) == 8  # a batch of 6 runs as 8
 
 
 def test_auto_planner_learns_the_loops_overhead_and_drafts_longer():

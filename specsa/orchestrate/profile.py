@@ -32,6 +32,12 @@ def context_bucket(length: int) -> int:
     return max(4096, 1 << (max(length, 1) - 1).bit_length())
 
 
+def batch_bucket(batch: int) -> int:
+    """A batch's captured steps run at its batch bucket (`StepGraphs`), so it costs what
+    the bucket does."""
+    return next((bucket for bucket in BATCH_BUCKETS if bucket >= batch), batch)
+
+
 @functools.cache
 def _code_digest() -> str:
     """specsa's own source: new kernels or a new loop make an old profile's costs wrong."""
@@ -90,7 +96,7 @@ def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int
     for slot in slots:
         cache.extend(slot, context)
     query_lens = range(1, max_gamma + 2)
-    bucket = next(b for b in BATCH_BUCKETS if b >= batch)
+    bucket = batch_bucket(batch)
     steps = {}  # (T, C or None) -> a step of that shape
     for group in (None, *QUERY_GROUPS):
         shapes = [t for t in query_lens if group is None or group < t]
@@ -126,11 +132,11 @@ def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int
 
 def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], max_gamma: int,
                     progress: bool = True) -> dict[tuple[int, int], StepCosts]:  # fmt: skip
-    """The profile for these (context bucket, batch) points, measuring only what the saved
-    file lacks (or measured for a shorter draft)."""
+    """The profile for these (context bucket, batch bucket) points, measuring only what the
+    saved file lacks (or measured for a shorter draft)."""
     path = profile_path(model)
     saved = json.loads(path.read_text()) if path.exists() else {}
-    points = sorted({(context_bucket(c), b) for c in contexts for b in batches})
+    points = sorted({(context_bucket(c), batch_bucket(b)) for c in contexts for b in batches})
     missing = [p for p in points if f"{p[0]}:{p[1]}" not in saved
                or len(saved[f"{p[0]}:{p[1]}"]["target_ms"]) < max_gamma + 1]  # fmt: skip
     for context, batch in tqdm(missing, desc="profile", unit="point", disable=not progress or not missing):
@@ -145,7 +151,7 @@ def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], ma
 def saved_costs(profile: dict, length: int, batch: int) -> StepCosts:
     """The step costs a saved profile (its JSON, read) holds for a context of `length`
     tokens at `batch` sequences."""
-    point = profile[f"{context_bucket(length)}:{batch}"]
+    point = profile[f"{context_bucket(length)}:{batch_bucket(batch)}"]
     query_groups = {int(t): c for t, c in point.get("query_groups", {}).items()}  # none in older profiles
     return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"], query_groups)
 
@@ -158,8 +164,7 @@ def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int, model
     if not model.lm_head.weight.is_cuda:
         return AutoPlanner(linear_costs(max_gamma), "ngram", max_gamma, calibrate=False, model_drafter=model_drafter,
                            costs_source="none on the CPU: a step of T tokens is taken to cost T decodes")  # fmt: skip
-    bucket = next((b for b in BATCH_BUCKETS if b >= batch), batch)  # the captured steps' batch
-    batches = [b for b in BATCH_BUCKETS if b < batch] + [bucket]  # and those of a shrinking batch
+    batches = [b for b in BATCH_BUCKETS if b < batch] + [batch_bucket(batch)]  # and those of a shrinking batch
     costs = load_or_measure(model, [max_len], batches, max_gamma)
     return AutoPlanner({b: costs[context_bucket(max_len), b] for b in batches}, "ngram", max_gamma,
                        costs_source=str(profile_path(model)), model_drafter=model_drafter)  # fmt: skip
