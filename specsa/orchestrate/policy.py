@@ -154,11 +154,19 @@ class AutoPlanner:
     def gamma(self, running: int = 1) -> int:
         """The draft length of the next step for `running` sequences, chosen before drafting."""
         gamma = choose(self._costs(running), {self.drafter: self._tracker(None).estimate()}, self.max_gamma).gamma
-        self.since_speculating = 0 if gamma else self.since_speculating + 1
-        if not gamma and self.can_pay and self.since_speculating >= self.probe_every:
-            gamma, self.since_speculating = 1, 0
+        if self._probe_due(speculating=gamma > 0):
+            gamma = 1
         self.chosen[gamma] = self.chosen.get(gamma, 0) + 1
         return gamma
+
+    def _probe_due(self, speculating: bool) -> bool:
+        """Counts the plain steps in a row; True (and restarts) at every `probe_every`-th,
+        if speculation could pay at all."""
+        self.since_speculating = 0 if speculating else self.since_speculating + 1
+        if self.can_pay and self.since_speculating >= self.probe_every:
+            self.since_speculating = 0
+            return True
+        return False
 
     def plan(self, slots: list[int], contexts: list[list[int]], drafts: list[list[int]],
              evidence: list[int] | None) -> tuple[bool, int]:  # fmt: skip
@@ -182,9 +190,8 @@ class AutoPlanner:
                     model_goodput = len(slots) * committed[gamma] / (costs.target_ms[gamma + 1] + gamma * per_token)
                     if model_goodput > goodput:
                         use_model, length, goodput = True, gamma, model_goodput
-            self.since_speculating = 0 if length else self.since_speculating + 1
-            if not length and self.can_pay and self.since_speculating >= self.probe_every:
-                use_model, length, self.since_speculating = True, 1, 0
+            if self._probe_due(speculating=length > 0):
+                use_model, length = True, 1
         verified = 0 if use_model else length
         for slot, context, d, e in zip(slots, contexts, drafts, evidence or [None] * len(drafts)):
             if len(d) > verified:
