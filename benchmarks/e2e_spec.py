@@ -10,7 +10,8 @@ a step without a match counted as a rejected first position), or a flat rate (0.
 these figures are the verification side's, labelled "oracle" everywhere.
 
 `auto` is `--spec auto`'s planner with this point's measured step costs (a profile taken
-in the run) and the acceptance it learns as it goes. Every strategy's tokens are compared with the autoregressive tokens (`token_match`, up to
+in the run) and the acceptance it learns as it goes; fixed γ run their steps as the same
+profile found fastest (query group), so they differ from `auto` only in γ. Every strategy's tokens are compared with the autoregressive tokens (`token_match`, up to
 the first difference; greedy `exact` differs only by bf16 rounding of near-ties, which
 random weights are full of). Past such a difference the oracle's verdict keeps the set
 acceptance (`Proposal.verdict`), so the cost measured stays the one asked for.
@@ -116,16 +117,16 @@ def main() -> None:
                         speedup_vs_ar_nsa=ar[0].decode_s / dense[0].decode_s))  # fmt: skip
             max_gamma = max(map(int, args.gammas.split(",")))
             measured = measure_step_costs(nsa_model, context, batch, max_gamma)
-            costs = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.query_groups)  # the oracle drafts for free
-            record(dict(base, strategy="profile", target_ms=measured.target_ms, query_groups=measured.query_groups))
+            costs = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.variants)  # the oracle drafts for free
+            record(dict(base, strategy="profile", target_ms=measured.target_ms,
+                        variants={t: str(v) for t, v in measured.variants.items()}))
             for name in args.rates.split(","):
                 rates = rate_sets[name]
                 planner = AutoPlanner({batch: costs}, "oracle", max_gamma)
                 factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=0)  # noqa: E731
                 spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, max_gamma, planner=planner,
-                                            prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
-                record(dict(base, strategy=f"{name} auto", steps_by_gamma=planner.chosen,
-                            mean_step_ms_by_gamma=planner.loop.mean_step_ms(), learnt_correction_ms_by_gamma=planner.loop.corrections_ms(),
+                                            step_variants=planner.step_variants, prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
+                record(dict(base, strategy=f"{name} auto", **planner.report(),
                             policy_choice_at_true_rates=choose(costs, {"oracle": rates}, max_gamma).gamma,
                             tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
                             speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,
@@ -134,7 +135,7 @@ def main() -> None:
                 for gamma in map(int, args.gammas.split(",")):
                     factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=0)  # noqa: E731
                     spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, gamma,
-                                                prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
+                                                step_variants=planner.step_variants, prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
                     record(dict(base, strategy=f"{name} γ={gamma}", gamma=gamma,
                                 mean_step_ms=1e3 * spec[0].decode_s / spec[0].stats.target_forwards,
                                 tokens_per_s=batch * args.new_tokens / spec[0].decode_s,

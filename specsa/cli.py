@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--enforce-eager", action="store_true", help="run decode and verify steps without CUDA graphs")
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
-    prof = commands.add_parser("profile", help="measure this GPU's step costs for --spec auto (saved, reused)")
+    prof = commands.add_parser("profile", help="measure this GPU's step costs and fastest kernel variants (saved, reused)")
     add_model_arguments(prof)
     prof.add_argument("--contexts", default="4096,16384,65536", help="context lengths (rounded up to powers of two)")
     prof.add_argument("--batches", default="1,8")
@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", default="1")
     bench.add_argument("--max-new-tokens", type=int, default=64)
     bench.add_argument("--strategies", default="ar,ngram:2,ngram:4,ngram:8,auto",
-                       help="ar, auto, ngram:γ, oracle:RATE:γ (the oracle is for random-weight models)")  # fmt: skip
+                       help="ar, auto, ngram:γ, draft:γ, oracle:RATE:γ (the oracle is for random-weight models)")  # fmt: skip
+    bench.add_argument("--draft-model", default=None,
+                       help="model for draft:γ, and for auto to weigh against prompt lookup (same vocabulary as --model)")
     bench.add_argument("--num-speculative-tokens", type=int, default=8, help="longest draft `auto` may choose")
     bench.add_argument("--repeats", type=int, default=1,
                        help="runs of every strategy, in turn; rows report the median (GPU timings vary by ~10%%)")
@@ -115,7 +117,7 @@ def run_profile(args: argparse.Namespace) -> None:
     if not model.lm_head.weight.is_cuda:
         raise ValueError("Profiles measure GPU step costs: run `specsa profile` on a CUDA device.")
     for (context, batch), costs in load_or_measure(model, contexts, batches, args.num_speculative_tokens).items():
-        steps = "  ".join(f"T={t}: {ms:.2f}" + (f" (C={costs.query_groups[t]})" if t in costs.query_groups else "")
+        steps = "  ".join(f"T={t}: {ms:.2f}" + (f" ({costs.variants[t]})" if t in costs.variants else "")
                           for t, ms in sorted(costs.target_ms.items()))  # fmt: skip
         print(f"context {context:>7} batch {batch:>3}  ms per step  {steps}")
     print(f"saved to {profile_path(model)}")
@@ -227,7 +229,7 @@ def make_drafter_factory(args, model, params, overrides, dtype, device, num_prom
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from specsa.model.loader import load_tokenizer
+    from specsa.model.loader import load_model, load_tokenizer
     from specsa.orchestrate.bench import parse_strategies, run_bench, write_report
 
     strategies = parse_strategies(args.strategies, args.num_speculative_tokens)
@@ -238,12 +240,17 @@ def run_bench(args: argparse.Namespace) -> None:
         raise ValueError("--contexts and --batches take comma-separated numbers, e.g. 1024,4096.") from None
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}.")
-    model, _, dtype, device = load_target(args)
+    model, overrides, dtype, device = load_target(args)
     if max(contexts) + args.max_new_tokens + args.num_speculative_tokens > model.config.max_position:
         raise ValueError(f"--contexts up to {max(contexts)} plus --max-new-tokens pass the model's context of "
                          f"{model.config.max_position} tokens.")  # fmt: skip
-    rows = run_bench(model, load_tokenizer(args.model), strategies, contexts, batches, args.max_new_tokens, args.repeats)
-    title = (f"specsa bench: {args.model}, {args.attention}, precision {args.precision}, {dtype}, {device}, "
+    draft = None
+    if args.draft_model is not None:
+        draft = load_model(args.draft_model, attention=args.attention, nsa_overrides=overrides, dtype=dtype, device=device)
+    rows = run_bench(model, load_tokenizer(args.model), strategies, contexts, batches, args.max_new_tokens, args.repeats,
+                     draft)  # fmt: skip
+    drafting = f"draft model {args.draft_model}, " if draft is not None else ""
+    title = (f"specsa bench: {args.model}, {args.attention}, precision {args.precision}, {drafting}{dtype}, {device}, "
              f"{args.max_new_tokens} new tokens, greedy, median of {args.repeats} run(s)")  # fmt: skip
     write_report(rows, {"title": title, "command": "specsa bench " + " ".join(sys.argv[2:])}, Path(args.out))
     print(Path(args.out, "bench.md").read_text())
@@ -251,8 +258,8 @@ def run_bench(args: argparse.Namespace) -> None:
 
 def run_generate(args: argparse.Namespace) -> None:
     from specsa.generate import generate
-    from specsa.orchestrate.profile import planner_for
     from specsa.model.loader import load_tokenizer
+    from specsa.orchestrate.profile import planner_for, saved_variants
     from specsa.sampling import SamplingParams
     from specsa.spec.engine import generate_speculative
 
@@ -279,13 +286,13 @@ def run_generate(args: argparse.Namespace) -> None:
         if args.spec == "auto":
             planner = planner_for(model, max_len, len(prompt_ids), args.num_speculative_tokens,
                                   model_drafter=args.draft_model is not None)  # fmt: skip
+            options["step_variants"] = planner.step_variants
+        else:
+            options["step_variants"] = saved_variants(model, max_len, len(prompt_ids))
         results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens,
                                        planner=planner, **options)  # fmt: skip
         if planner is not None:
-            auto = {"drafter": "ngram", "steps_by_gamma": planner.chosen, "costs": planner.costs_source,
-                    "draft_model_steps_by_gamma": planner.model_chosen,
-                    "query_group_by_batch_and_T": {f"{b}:{t}": c for (b, t), c in planner.query_groups.items()},
-                    "learnt_correction_ms_by_gamma": planner.loop.corrections_ms(), "mean_step_ms_by_gamma": planner.loop.mean_step_ms()}
+            auto = {"drafter": "ngram", **planner.report()}
     for result in results:
         report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device, auto)
 

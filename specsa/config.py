@@ -130,6 +130,18 @@ def check_heads(num_q_heads: int, num_kv_heads: int) -> int:
 
 
 @dataclass(frozen=True)
+class StepVariant:
+    """How the target's step of one shape runs where a profile found a better way than
+    the defaults (`orchestrate/profile.py`)."""
+
+    query_group: int | None = None  # C, verifier queries per sparse-attention program; None: the kernel's rule
+    exact: bool = False  # exact selection although the precision class allows less: it was as fast
+
+    def __str__(self) -> str:
+        return ", ".join(([f"C={self.query_group}"] if self.query_group else []) + (["exact"] if self.exact else []))
+
+
+@dataclass(frozen=True)
 class RopeScaling:
     """Llama-3 style frequency scaling (`rope_type: llama3`) or plain linear scaling."""
 

@@ -11,6 +11,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from specsa.cache import PagedKVCache
+from specsa.config import StepVariant
 from specsa.model.decoder import CausalLM
 from specsa.model.graphs import StepGraphs
 from specsa.sampling import SamplingParams, sample
@@ -100,15 +101,15 @@ def start_requests(
 
 
 def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None,
-                query_groups: dict[tuple[int, int], int] | None = None, **run) -> StepGraphs | None:  # fmt: skip
+                variants: dict[tuple[int, int], StepVariant] | None = None, **run) -> StepGraphs | None:  # fmt: skip
     """CUDA graphs for the decode/verify steps: by default wherever the kernels run on CUDA.
-    `query_groups` and `run`: as `StepGraphs` takes them."""
+    `variants` and `run`: as `StepGraphs` takes them."""
     on_cuda = model.lm_head.weight.is_cuda
     if cuda_graphs is None:
         cuda_graphs = on_cuda and model.use_kernels is not False
     if cuda_graphs and not on_cuda:
         raise ValueError("CUDA graphs need a CUDA device; drop the option on the CPU.")
-    return StepGraphs(model, cache, query_groups, **run) if cuda_graphs else None
+    return StepGraphs(model, cache, variants, **run) if cuda_graphs else None
 
 
 def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids, slots, query_lens, **run):

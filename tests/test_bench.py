@@ -43,6 +43,22 @@ def test_bench_repeats_report_the_median_run(tiny_llama, tmp_path, capsys):
     assert "--repeats must be at least 1" in capsys.readouterr().err
 
 
+def test_bench_with_a_draft_model(tiny_llama, tmp_path, capsys):
+    """draft:γ drafts with the model; auto has it beside prompt lookup (on the CPU, with
+    no profile, it decodes plainly and never runs it)."""
+    out = tmp_path / "report"
+    code = main(["bench", "--model", str(tiny_llama), "--draft-model", str(tiny_llama), "--contexts", "40",
+                 "--batches", "2", "--max-new-tokens", "5", "--strategies", "draft:3,auto", "--out", str(out),
+                 *SPARSE_FLAGS])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rows = {r["strategy"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert rows["draft:3"]["token_match"] == 1.0 and rows["draft:3"]["acceptance_by_position"][0] == 1.0  # itself
+    assert rows["auto"]["draft_model_steps_by_gamma"] == {} and rows["auto"]["token_match"] == 1.0
+    assert "draft model" in (out / "bench.md").read_text()
+    assert main(["bench", "--model", str(tiny_llama), "--strategies", "draft:3", "--contexts", "40", "--out", str(out)]) != 0
+    assert "draft:γ strategy needs --draft-model" in capsys.readouterr().err
+
+
 def test_strategy_errors_are_clear():
     with pytest.raises(ValueError, match="ngram:γ"):
         parse_strategies("ngram", 4)

@@ -114,7 +114,7 @@ def test_auto_with_a_draft_model_runs_and_reports_it(capsys, tiny_llama):
     assert code == 0, err
     record = json.loads(out)
     assert record["spec"] == "auto" and record["auto"]["draft_model_steps_by_gamma"] == {}
-    assert record["auto"]["query_group_by_batch_and_T"] == {}  # no profile on the CPU
+    assert record["auto"]["step_variant_by_batch_and_T"] == {}  # no profile on the CPU
     assert record["auto"]["steps_by_gamma"] == {"0": 11}  # the first token comes from the prefill
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from specsa.config import StepVariant
 from specsa.orchestrate.costs import StepCosts
 from specsa.orchestrate.policy import AcceptanceTracker, AutoPlanner, choose, expected_committed
 
@@ -116,7 +117,7 @@ def test_profiles_are_saved_and_reused(tiny_llama, tmp_path, monkeypatch):
 
     def fake_measure(model, context, batch, max_gamma):
         measured.append((context, batch))
-        return StepCosts({t: float(t) for t in range(1, max_gamma + 2)}, {"ngram": 0.1}, {5: 2})
+        return StepCosts({t: float(t) for t in range(1, max_gamma + 2)}, {"ngram": 0.1}, {5: StepVariant(2, exact=True)})
 
     monkeypatch.setattr(profile, "measure_step_costs", fake_measure)
     model = load_model(str(tiny_llama))
@@ -124,7 +125,10 @@ def test_profiles_are_saved_and_reused(tiny_llama, tmp_path, monkeypatch):
     assert sorted(measured) == [(4096, 1), (16384, 1)] and first[(4096, 1)].target_ms[5] == 5.0
     again = profile.load_or_measure(model, [4000], [1], max_gamma=4, progress=False)
     assert len(measured) == 2  # reused
-    assert again[(4096, 1)].query_groups == {5: 2}  # with the query group each step was fastest with
+    assert again[(4096, 1)].variants == {5: StepVariant(2, exact=True)}  # with the variant each step was fastest as
+    # fixed strategies run their steps as the saved profile found fastest, measuring nothing
+    assert profile.saved_variants(model, 4000, batch=3) == {(1, 5): StepVariant(2, exact=True)}  # buckets 1, 2, 4: 1 saved
+    assert len(measured) == 2
     profile.load_or_measure(model, [4000], [1], max_gamma=8, progress=False)
     assert measured[-1] == (4096, 1)  # a longer draft needs more step sizes: measured again
     monkeypatch.setattr(profile, "_code_digest", lambda: "other kernels")
@@ -169,10 +173,28 @@ def test_a_wider_step_not_taken_yet_is_tried_and_kept_where_the_loop_makes_it_no
     assert [choose(planner.loop.current(1), {"ngram": rates}, 8).gamma for _ in range(3)] == [7] * 3
 
 
-def test_captured_steps_take_the_query_group_profiled_for_their_shape():
-    by_batch = {1: StepCosts(FLAT.target_ms, FLAT.draft_ms_per_token, {9: 4}),
-                8: StepCosts(FLAT.target_ms, FLAT.draft_ms_per_token, {5: 2, 9: 8})}  # fmt: skip
-    assert AutoPlanner(by_batch, "ngram", 8).query_groups == {(1, 9): 4, (8, 5): 2, (8, 9): 8}
+def test_captured_steps_take_the_variant_profiled_for_their_shape():
+    by_batch = {1: StepCosts(FLAT.target_ms, FLAT.draft_ms_per_token, {9: StepVariant(4)}),
+                8: StepCosts(FLAT.target_ms, FLAT.draft_ms_per_token, {5: StepVariant(2), 9: StepVariant(8, True)})}  # fmt: skip
+    planner = AutoPlanner(by_batch, "ngram", 8)
+    assert planner.step_variants == {(1, 9): StepVariant(4), (8, 5): StepVariant(2), (8, 9): StepVariant(8, True)}
+    assert planner.report()["step_variant_by_batch_and_T"] == {"1:9": "C=4", "8:5": "C=2", "8:9": "C=8, exact"}
+
+
+def test_the_profile_keeps_the_fastest_variant_and_exact_selection_where_it_is_as_fast():
+    """Under an approximate class, an approximation within `EXACT_MARGIN` of exact
+    selection's time is not worth its error; a query group is taken for any gain."""
+    from specsa.orchestrate.profile import EXACT_MARGIN, fastest_variants
+
+    default, grouped = StepVariant(), StepVariant(4)
+    times = {(1, default): [1.0, 1.1, 1.0], (1, StepVariant(exact=True)): [1.01] * 3,
+             (5, default): [2.0] * 3, (5, grouped): [1.8, 9.0, 1.8], (5, StepVariant(4, True)): [1.9] * 3,
+             (9, default): [3.0] * 3, (9, StepVariant(exact=True)): [3.0 * (1 + 2 * EXACT_MARGIN)] * 3}  # fmt: skip
+    target_ms, variants = fastest_variants(times, approximate=True)
+    assert variants == {1: StepVariant(exact=True), 5: grouped}  # 1.8 beats exact's 1.9 by more than the margin
+    assert target_ms == {1: 1.01, 5: 1.8, 9: 3.0}
+    exact_class = {key: ms for key, ms in times.items() if not key[1].exact}
+    assert fastest_variants(exact_class, approximate=False) == ({1: 1.0, 5: 1.8, 9: 3.0}, {5: grouped})
 
 
 def test_costs_follow_the_number_of_sequences_still_running():

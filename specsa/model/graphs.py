@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from specsa.cache import PagedKVCache, StepBatch
+from specsa.config import StepVariant
 from specsa.model.decoder import CausalLM
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -29,15 +30,15 @@ class _Captured:
 
 
 class StepGraphs:
-    def __init__(self, model: CausalLM, cache: PagedKVCache, query_groups: dict[tuple[int, int], int] | None = None,
-                 **run):  # fmt: skip
-        """`query_groups`: (batch bucket, T) -> C for the sparse attention of that step
-        shape (from a profile; the kernel's default elsewhere). `run`: options of
-        `CausalLM.run` every step is captured with (a self drafter's cheaper NSA and layers)."""
+    def __init__(self, model: CausalLM, cache: PagedKVCache,
+                 variants: dict[tuple[int, int], StepVariant] | None = None, **run):  # fmt: skip
+        """`variants`: (batch bucket, T) -> how a step of that shape runs (from a profile;
+        the defaults elsewhere). `run`: options of `CausalLM.run` every step is captured
+        with (a self drafter's cheaper NSA and layers)."""
         if not model.lm_head.weight.is_cuda:
             raise ValueError("CUDA graphs need the model on a CUDA device; run eagerly on the CPU.")
         self.model, self.cache, self.run_options = model, cache, run
-        self.query_groups = query_groups or {}
+        self.variants = variants or {}
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple[int, int], _Captured] = {}
 
@@ -92,24 +93,26 @@ class StepGraphs:
             raise ValueError(f"A captured step appends at most {self.cache.page_size} tokens per sequence.")
         device = self.model.lm_head.weight.device
         rows = bucket * query_len
+        variant = self.variants.get((bucket, query_len), StepVariant())
+        run = dict(self.run_options, exact=variant.exact)
         batch = StepBatch(
             [self.cache.scratch_slot] * bucket, [0] * bucket, [query_len] * bucket,
             token_slots=torch.empty(rows, dtype=torch.long, device=device),
             positions=torch.empty(rows, dtype=torch.long, device=device),
             seq_slots=torch.empty(bucket, dtype=torch.int32, device=device),
             seq_lens=torch.empty(bucket, dtype=torch.int32, device=device),
-            query_group=self.query_groups.get((bucket, query_len)),
+            query_group=variant.query_group,
         )  # fmt: skip
         self._pad(batch, 0, query_len)
         token_ids = torch.zeros(rows, dtype=torch.long, device=device)
         side = torch.cuda.Stream()  # warm-up (Triton compiles) off the capturing stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self.model.logits(self.model.run(token_ids, batch, self.cache, **self.run_options))
+            self.model.logits(self.model.run(token_ids, batch, self.cache, **run))
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self.model.logits(self.model.run(token_ids, batch, self.cache, **self.run_options))
+            logits = self.model.logits(self.model.run(token_ids, batch, self.cache, **run))
         graph.replay()  # the first launch uploads the graph (hundreds of nodes): pay it here, not in a timed step
         captured = _Captured(graph, token_ids, batch, logits)
         self.captured[(bucket, query_len)] = captured

@@ -2,10 +2,14 @@
 context lengths and batch sizes, on real text that is available offline (the Python
 standard library's own sources). Writes bench.json, bench.md and bench.png.
 
-Strategies: `ar`; `ngram:γ` (prompt lookup drafting γ tokens); `auto` (prompt lookup, γ
-chosen per step by the planner); `oracle:RATE:γ` (the target's own continuation, each
-position right with probability RATE: for random-weight models, labelled as an oracle).
-Every strategy's tokens are compared with the autoregressive run's (`token_match`).
+Strategies: `ar`; `ngram:γ` (prompt lookup drafting γ tokens); `draft:γ` (a draft model
+drafting γ tokens); `auto` (prompt lookup, and the draft model if one is given, γ chosen
+per step by the planner); `oracle:RATE:γ` (the target's own continuation, each position
+right with probability RATE: for random-weight models, labelled as an oracle). Every
+strategy's tokens are compared with the autoregressive run's (`token_match`). On a GPU
+the profile is read (measured first if missing) and every speculative strategy runs its
+target steps as it found fastest (query group, precision variant), as `specsa generate`
+does once a profile is saved: fixed strategies and `auto` differ only in what they draft.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from pathlib import Path
 
 import torch
 
-
 from specsa.generate import generate
 from specsa.model.decoder import CausalLM
-from specsa.orchestrate.profile import planner_for
+from specsa.orchestrate.costs import variants_by_shape
+from specsa.orchestrate.profile import planner_for, profile_for
 from specsa.sampling import SamplingParams
 from specsa.spec.engine import SpecGeneration, generate_speculative
+from specsa.spec.lookup_and_model import LookupAndModel
+from specsa.spec.model_drafter import DraftModelDrafter
 from specsa.spec.ngram import NgramDrafter
 from specsa.spec.oracle import OracleDrafter
 
@@ -37,13 +43,13 @@ SOURCES = ["argparse.py", "typing.py", "inspect.py", "subprocess.py", "dataclass
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    kind: str  # "ar" | "ngram" | "auto" | "oracle"
+    kind: str  # "ar" | "ngram" | "draft" | "auto" | "oracle"
     gamma: int = 0
     rate: float = 0.0
 
 
 def parse_strategies(text: str, max_gamma: int) -> list[Strategy]:
-    """'ar,ngram:4,auto,oracle:0.8:4' -> strategies; `auto` drafts at most max_gamma."""
+    """'ar,ngram:4,draft:4,auto,oracle:0.8:4' -> strategies; `auto` drafts at most max_gamma."""
     strategies = []
     for item in text.split(","):
         kind, *fields = item.strip().split(":")
@@ -52,14 +58,14 @@ def parse_strategies(text: str, max_gamma: int) -> list[Strategy]:
                 strategies.append(Strategy("ar", "ar"))
             elif kind == "auto" and not fields:
                 strategies.append(Strategy("auto", "auto", max_gamma))
-            elif kind == "ngram" and len(fields) == 1:
-                strategies.append(Strategy(item, "ngram", int(fields[0])))
+            elif kind in ("ngram", "draft") and len(fields) == 1:
+                strategies.append(Strategy(item, kind, int(fields[0])))
             elif kind == "oracle" and len(fields) == 2:
                 strategies.append(Strategy(f"ORACLE rate {fields[0]} γ={fields[1]}", "oracle", int(fields[1]), float(fields[0])))
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"Unknown strategy {item!r}: use ar, auto, ngram:γ or oracle:RATE:γ.") from None
+            raise ValueError(f"Unknown strategy {item!r}: use ar, auto, ngram:γ, draft:γ or oracle:RATE:γ.") from None
     if "ar" not in [s.kind for s in strategies]:
         strategies.insert(0, Strategy("ar", "ar"))  # the baseline every speed-up is measured against
     return strategies
@@ -105,17 +111,24 @@ def acceptance_report(results: list[SpecGeneration]) -> dict:
 
 
 def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: list[int], batches: list[int],
-              max_new_tokens: int, repeats: int = 1) -> list[dict]:  # fmt: skip
+              max_new_tokens: int, repeats: int = 1, draft_model: CausalLM | None = None) -> list[dict]:  # fmt: skip
     """A row per (context, batch, strategy). With `repeats` > 1 every strategy, the
     autoregressive baseline (always first) included, runs that many times in turn, and a
     row reports the median decode time (each run's in `decode_s_runs`): on a GPU the same
-    tokens move by ±12% from run to run, more than the differences worth measuring."""
+    tokens move by ±12% from run to run, more than the differences worth measuring.
+    `draft_model` drafts for `draft:γ`, and for `auto` beside prompt lookup."""
+    if draft_model is None and any(s.kind == "draft" for s in strategies):
+        raise ValueError("A draft:γ strategy needs --draft-model PATH (a smaller model with the same vocabulary).")
     params = SamplingParams(max_new_tokens=max_new_tokens)
     vocab = model.config.vocab_size
+    max_gamma = max(s.gamma for s in strategies)
     rows = []
     for context in contexts:
         for batch in batches:
             prompts = real_text_prompts(tokenizer, context, batch)
+            max_len = context + max_new_tokens + max_gamma
+            on_gpu = model.lm_head.weight.is_cuda and max_gamma > 0
+            variants = variants_by_shape(profile_for(model, max_len, batch, max_gamma)) if on_gpu else {}
             decode_s: dict[str, list[float]] = {strategy.name: [] for strategy in strategies}
             runs: dict[str, tuple] = {}  # strategy -> (generations, planner) of its last run
             reference = None
@@ -126,14 +139,11 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                         results = generate(model, prompts, params, frozenset())
                         reference = reference or [g.token_ids for g in results]
                     else:
-                        if strategy.kind == "oracle":
-                            factory = lambda cache, g, s=strategy: OracleDrafter(prompts, reference, [s.rate], vocab)  # noqa: E731
-                        else:
-                            factory = lambda cache, g: NgramDrafter()  # noqa: E731
+                        factory = _drafter_factory(strategy, prompts, reference, vocab, model, draft_model, max_len, params)
                         if strategy.kind == "auto":
-                            planner = planner_for(model, context + max_new_tokens + strategy.gamma, batch, strategy.gamma)
+                            planner = planner_for(model, max_len, batch, strategy.gamma, model_drafter=draft_model is not None)
                         results = generate_speculative(model, prompts, params, frozenset(), factory, strategy.gamma,
-                                                       planner=planner)  # fmt: skip
+                                                       planner=planner, step_variants=variants)  # fmt: skip
                     decode_s[strategy.name].append(results[0].decode_s)
                     runs[strategy.name] = (results, planner)
             ar_s = statistics.median(decode_s[strategies[0].name])
@@ -147,11 +157,25 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                     row.update(acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
                                **acceptance_report(results))  # fmt: skip
                 if planner is not None:
-                    row.update(steps_by_gamma=planner.chosen, mean_step_ms_by_gamma=planner.loop.mean_step_ms(),
-                               learnt_correction_ms_by_gamma=planner.loop.corrections_ms(),
-                               query_group_by_batch_and_T={f"{b}:{t}": c for (b, t), c in planner.query_groups.items()})
+                    row.update(planner.report())
                 rows.append(row)
     return rows
+
+
+def _drafter_factory(strategy: Strategy, prompts, reference, vocab: int, model: CausalLM, draft_model: CausalLM | None,
+                     max_len: int, params: SamplingParams):  # fmt: skip
+    """drafter_factory(cache, generator) for a speculative strategy."""
+    if strategy.kind == "oracle":
+        return lambda cache, g: OracleDrafter(prompts, reference, [strategy.rate], vocab)
+    if draft_model is None or strategy.kind == "ngram":
+        return lambda cache, g: NgramDrafter()
+
+    def model_drafter(generator):
+        return DraftModelDrafter(draft_model, model, len(prompts), max_len, params, generator)
+
+    if strategy.kind == "auto":
+        return lambda cache, g: LookupAndModel(NgramDrafter(), model_drafter(g))
+    return lambda cache, g: model_drafter(g)
 
 
 def write_report(rows: list[dict], meta: dict, out: Path) -> None:

@@ -8,6 +8,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+from specsa.config import StepVariant
+
 
 @dataclass(frozen=True)
 class StepCosts:
@@ -16,14 +18,20 @@ class StepCosts:
 
     target_ms: dict[int, float]  # T -> ms
     draft_ms_per_token: dict[str, float]
-    # T -> C (queries per sparse-attention program) the step was fastest with, where that
-    # is not the kernel's default; `target_ms` is the time with it
-    query_groups: dict[int, int] = field(default_factory=dict)
+    # T -> how the step runs where the profile found a better way than the defaults;
+    # `target_ms` is the time with it
+    variants: dict[int, StepVariant] = field(default_factory=dict)
 
     def step_ms(self, drafter: str | None, gamma: int) -> float:
         if gamma == 0:
             return self.target_ms[1]
         return gamma * self.draft_ms_per_token[drafter] + self.target_ms[gamma + 1]
+
+
+def variants_by_shape(profile: dict[int, StepCosts]) -> dict[tuple[int, int], StepVariant]:
+    """(batch bucket, T) -> how that step shape runs, from a profile by batch bucket, for
+    the target's captured steps (`StepGraphs`)."""
+    return {(batch, t): variant for batch, costs in profile.items() for t, variant in costs.variants.items()}
 
 
 def linear_costs(max_gamma: int) -> StepCosts:

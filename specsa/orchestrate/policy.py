@@ -14,7 +14,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from specsa.orchestrate.costs import LoopCosts, StepCosts
+from specsa.config import StepVariant
+from specsa.orchestrate.costs import LoopCosts, StepCosts, variants_by_shape
 
 
 def committed_by_length(rates: list[float], gamma: int) -> list[float]:
@@ -138,10 +139,16 @@ class AutoPlanner:
         self.can_pay = choose(self.loop.profiled(1), {drafter: [1.0]}, max_gamma).gamma > 0  # even at perfect acceptance?
 
     @property
-    def query_groups(self) -> dict[tuple[int, int], int]:
-        """(batch, T) -> C: the query group each profiled step shape is fastest with, for
-        the target's captured steps (`StepGraphs`; the profile's batches are buckets)."""
-        return {(batch, t): c for batch, costs in self.loop.profile.items() for t, c in costs.query_groups.items()}
+    def step_variants(self) -> dict[tuple[int, int], StepVariant]:
+        """How the target's captured steps run, by (batch bucket, T), as profiled."""
+        return variants_by_shape(self.loop.profile)
+
+    def report(self) -> dict:
+        """What the planner chose and learnt, for `--json` and bench rows."""
+        return {"steps_by_gamma": self.chosen, "draft_model_steps_by_gamma": self.model_chosen,
+                "costs": self.costs_source, "mean_step_ms_by_gamma": self.loop.mean_step_ms(),
+                "learnt_correction_ms_by_gamma": self.loop.corrections_ms(),
+                "step_variant_by_batch_and_T": {f"{b}:{t}": str(v) for (b, t), v in self.step_variants.items()}}  # fmt: skip
 
     def _costs(self, running: int) -> StepCosts:
         return self.loop.current(running) if self.calibrate else self.loop.profiled(running)

@@ -14,15 +14,17 @@ import json
 import os
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import triton
 from tqdm import tqdm
 
+from specsa.config import PrecisionClass, StepVariant
 from specsa.model.decoder import CausalLM
 from specsa.model.graphs import BATCH_BUCKETS, StepGraphs
-from specsa.orchestrate.costs import StepCosts, linear_costs
+from specsa.orchestrate.costs import StepCosts, linear_costs, variants_by_shape
 from specsa.orchestrate.policy import AutoPlanner
 from specsa.spec.ngram import NgramDrafter
 
@@ -82,25 +84,50 @@ def nondecreasing(values: list[float]) -> list[float]:
 
 
 QUERY_GROUPS = (2, 4, 8, 16)  # C tried for each step of more queries than C, beside the kernel's default
+# An approximate selection must be this much faster than the exact one to be used: the
+# class allows it, but precision that costs nothing is kept.
+EXACT_MARGIN = 0.02
+
+
+def step_variants(model: CausalLM) -> list[StepVariant]:
+    """The ways a target step may run inside the model's precision class: each query group
+    C, and with exact selection too where the class allows less."""
+    exact = (False,) if model.precision.kind is PrecisionClass.EXACT else (False, True)
+    return [StepVariant(group, e) for group in (None, *QUERY_GROUPS) for e in exact]
+
+
+def fastest_variants(times: dict[tuple[int, StepVariant], list[float]],
+                     approximate: bool) -> tuple[dict[int, float], dict[int, StepVariant]]:  # fmt: skip
+    """From each (T, variant)'s timed runs: T -> ms of its best variant (a nondecreasing
+    fit over T), and T -> that variant where it is not the default. Under an approximate
+    class, exact selection is kept unless the approximation is `EXACT_MARGIN` faster."""
+
+    def ranked_ms(key) -> float:
+        return statistics.median(times[key]) * (1 + EXACT_MARGIN if approximate and not key[1].exact else 1)
+
+    query_lens = sorted({t for t, _ in times})
+    fastest = {t: min((key for key in times if key[0] == t), key=ranked_ms)[1] for t in query_lens}
+    target_ms = dict(zip(query_lens, nondecreasing([statistics.median(times[t, fastest[t]]) for t in query_lens])))
+    return target_ms, {t: variant for t, variant in fastest.items() if variant != StepVariant()}
 
 
 def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int, rounds: int = 20) -> StepCosts:
     """Target steps of T = 1 … max_gamma+1 tokens per sequence after `context` tokens
-    (the cache's contents do not change the cost), each with the kernel's default query
-    group and with every C of `QUERY_GROUPS` below T, keeping the fastest; and prompt
-    lookup on such a context. Each round times every variant once, so a slow stretch of
-    the GPU (clocks, a neighbour) touches all of them alike; a variant's cost is its
-    median over the rounds."""
+    (the cache's contents do not change the cost), each in every variant of
+    `step_variants` (a query group only below T), keeping the fastest; and prompt lookup
+    on such a context. Each round times every variant once, so a slow stretch of the GPU
+    (clocks, a neighbour) touches all of them alike; a variant's cost is its median over
+    the rounds."""
     cache = model.new_cache(batch, context + max_gamma + 1)
     slots = [cache.allocate() for _ in range(batch)]
     for slot in slots:
         cache.extend(slot, context)
     query_lens = range(1, max_gamma + 2)
     bucket = batch_bucket(batch)
-    steps = {}  # (T, C or None) -> a step of that shape
-    for group in (None, *QUERY_GROUPS):
-        shapes = [t for t in query_lens if group is None or group < t]
-        graphs = StepGraphs(model, cache, {(bucket, t): group for t in shapes} if group else None)
+    steps = {}  # (T, variant) -> a step of that shape
+    for variant in step_variants(model):
+        shapes = [t for t in query_lens if variant.query_group is None or variant.query_group < t]
+        graphs = StepGraphs(model, cache, {(bucket, t): variant for t in shapes})
         for query_len in shapes:
             ids = torch.zeros(batch * query_len, dtype=torch.long, device=cache.block_table.device)
 
@@ -109,16 +136,14 @@ def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int
                 for slot in slots:
                     cache.truncate(slot, context)
 
-            steps[query_len, group] = step
+            steps[query_len, variant] = step
             for _ in range(3):  # capture and warm up
                 step()
-    times = {variant: [] for variant in steps}
+    times = {key: [] for key in steps}
     for _ in range(rounds):
-        for variant, step in steps.items():
-            times[variant].append(_timed_ms(step))
-    fastest = {t: min((v for v in steps if v[0] == t), key=lambda v: statistics.median(times[v])) for t in query_lens}
-    target_ms = dict(zip(query_lens, nondecreasing([statistics.median(times[fastest[t]]) for t in query_lens])))
-    query_groups = {t: group for t, (_, group) in fastest.items() if group is not None}
+        for key, step in steps.items():
+            times[key].append(_timed_ms(step))
+    target_ms, variants = fastest_variants(times, approximate=model.precision.kind is not PrecisionClass.EXACT)
     text = torch.randint(0, model.config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     lookup = NgramDrafter()
     for slot in slots:
@@ -127,7 +152,7 @@ def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int
     start = time.perf_counter()
     lookup.propose(slots, texts, [max_gamma] * batch)
     draft_ms = {"ngram": 1e3 * (time.perf_counter() - start) / max_gamma}
-    return StepCosts(target_ms, draft_ms, query_groups)
+    return StepCosts(target_ms, draft_ms, variants)
 
 
 def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], max_gamma: int,
@@ -142,7 +167,7 @@ def load_or_measure(model: CausalLM, contexts: list[int], batches: list[int], ma
     for context, batch in tqdm(missing, desc="profile", unit="point", disable=not progress or not missing):
         costs = measure_step_costs(model, context, batch, max_gamma)
         saved[f"{context}:{batch}"] = {"target_ms": costs.target_ms, "draft_ms_per_token": costs.draft_ms_per_token,
-                                       "query_groups": costs.query_groups}  # fmt: skip
+                                       "variants": {t: asdict(v) for t, v in costs.variants.items()}}  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(saved, indent=1))
     return {(context, batch): saved_costs(saved, context, batch) for context, batch in points}
@@ -152,19 +177,42 @@ def saved_costs(profile: dict, length: int, batch: int) -> StepCosts:
     """The step costs a saved profile (its JSON, read) holds for a context of `length`
     tokens at `batch` sequences."""
     point = profile[f"{context_bucket(length)}:{batch_bucket(batch)}"]
-    query_groups = {int(t): c for t, c in point.get("query_groups", {}).items()}  # none in older profiles
-    return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"], query_groups)
+    variants = {int(t): StepVariant(**v) for t, v in point.get("variants", {}).items()}
+    # profiles kept in benchmarks/results from before variants: a query group, or nothing
+    variants |= {int(t): StepVariant(c) for t, c in point.get("query_groups", {}).items()}
+    return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"], variants)
+
+
+def _buckets_up_to(batch: int) -> list[int]:
+    """The batch buckets a loop of `batch` sequences runs at as sequences finish."""
+    return [b for b in BATCH_BUCKETS if b < batch] + [batch_bucket(batch)]
+
+
+def profile_for(model: CausalLM, max_len: int, batch: int, max_gamma: int) -> dict[int, StepCosts]:
+    """Batch bucket -> this GPU's step costs for contexts up to `max_len` (measured now if
+    missing), at every batch bucket a loop of `batch` sequences runs at."""
+    costs = load_or_measure(model, [max_len], _buckets_up_to(batch), max_gamma)
+    return {b: costs[context_bucket(max_len), b] for b in _buckets_up_to(batch)}
+
+
+def saved_variants(model: CausalLM, max_len: int, batch: int) -> dict[tuple[int, int], StepVariant]:
+    """How the target's steps run for a fixed strategy: as the saved profile found fastest
+    (like a cache of tuned kernel configurations; nothing is measured here), the defaults
+    where no profile is saved for this GPU, model and code."""
+    path = profile_path(model)
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    return variants_by_shape({b: saved_costs(saved, max_len, b) for b in _buckets_up_to(batch)
+                              if f"{context_bucket(max_len)}:{b}" in saved})  # fmt: skip
 
 
 def planner_for(model: CausalLM, max_len: int, batch: int, max_gamma: int, model_drafter: bool = False) -> AutoPlanner:
-    """The planner `--spec auto` runs: prompt lookup with this GPU's profile (measured now if
-    missing) at every batch bucket up to `batch`'s, as sequences finish and the batch
-    shrinks, and against a model drafter if `model_drafter` (its time is learnt as it
-    runs); on the CPU the no-profile costs, under which it decodes plainly."""
+    """The planner `--spec auto` runs: prompt lookup with this GPU's profile, and against a
+    model drafter if `model_drafter` (its time is learnt as it runs); on the CPU the
+    no-profile costs, under which it decodes plainly."""
     if not model.lm_head.weight.is_cuda:
         return AutoPlanner(linear_costs(max_gamma), "ngram", max_gamma, calibrate=False, model_drafter=model_drafter,
                            costs_source="none on the CPU: a step of T tokens is taken to cost T decodes")  # fmt: skip
-    batches = [b for b in BATCH_BUCKETS if b < batch] + [batch_bucket(batch)]  # and those of a shrinking batch
-    costs = load_or_measure(model, [max_len], batches, max_gamma)
-    return AutoPlanner({b: costs[context_bucket(max_len), b] for b in batches}, "ngram", max_gamma,
+    return AutoPlanner(profile_for(model, max_len, batch, max_gamma), "ngram", max_gamma,
                        costs_source=str(profile_path(model)), model_drafter=model_drafter)  # fmt: skip

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from specsa.generate import (Generation, check_lengths, decode_step, start_requests, step_graphs, step_logits,
                               synchronize)  # fmt: skip
+from specsa.config import StepVariant
 from specsa.model.decoder import CausalLM
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import greedy_accept, rejection_sample
@@ -73,14 +74,16 @@ def generate_speculative(
     prefill_chunk: int = 1024,
     cuda_graphs: bool | None = None,
     planner=None,
+    step_variants: dict[tuple[int, int], StepVariant] | None = None,
     progress: bool = False,
 ) -> list[SpecGeneration]:
     """Like `generate`, but each target pass verifies up to K drafted tokens per sequence.
 
     `drafter_factory(cache, generator)` builds the drafter once the target's cache exists
     (the self drafter works in it). `planner` (`orchestrate.policy.AutoPlanner`) picks the
-    draft length of every step, up to K; without it every step drafts K. Greedy output equals autoregressive greedy output;
-    sampled output has the target's distribution.
+    draft length of every step, up to K; without it every step drafts K. `step_variants`:
+    how the target's captured steps run, from a profile (`StepGraphs`). Greedy output
+    equals autoregressive greedy output; sampled output has the target's distribution.
     """
     if num_speculative_tokens < 1:
         raise ValueError(f"--num-speculative-tokens must be at least 1, got {num_speculative_tokens}.")
@@ -93,7 +96,7 @@ def generate_speculative(
     drafter: Drafter = drafter_factory(cache, generator)
     gens = [SpecGeneration(list(p), stats=SpecStats(k)) for p in prompts]
     slots = [cache.allocate() for _ in prompts]
-    graphs = step_graphs(model, cache, cuda_graphs, planner.query_groups if planner is not None else None)
+    graphs = step_graphs(model, cache, cuda_graphs, step_variants)
 
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
     for i in active:  # the drafter reads each prompt, as part of that request's prefill

@@ -116,8 +116,6 @@ class _Alternating:
     drafting (`gamma`) or, for free drafts, after (`plan`); with a model drafter beside
     the free one, every other draft of 5 is the model's."""
 
-    query_groups: dict = {}  # the kernel's default C for every step shape
-
     def __init__(self, with_model: bool = False):
         self.steps, self.observed, self.with_model, self.model_steps = 0, [], with_model, 0
 
