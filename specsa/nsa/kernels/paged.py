@@ -202,10 +202,13 @@ def _attend_union(
 
     cmp_part_o, cmp_part_ml, cmp_splits = cmp_parts
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    # A warp per 4096 elements of the largest [splits, D] tile merged, up to 4: at batch 1
+    # the default 4 warps made this tiny kernel 1–2 µs slower (H100, `t8_tweaks.json`).
+    merge_warps = max(1, min(4, _pow2(max(splits, cmp_splits)) * head_dim // 4096))
     _merge_kernel[(rows * num_q_heads,)](
         part_o, part_ml, part_o if cmp_part_o is None else cmp_part_o, part_ml if cmp_part_ml is None else cmp_part_ml,
         part_ml if gates is None else gates.contiguous(), out,
         SPLITS=splits, SPLITS_PAD=_pow2(splits), CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits),
-        MERGED=merged, D=head_dim, **pdl,
+        MERGED=merged, D=head_dim, num_warps=merge_warps, **pdl,
     )  # fmt: skip
     return out
