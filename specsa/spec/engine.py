@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from specsa.config import StepVariant
 from specsa.generate import (Generation, check_lengths, decode_step, start_requests, step_graphs, step_logits,
                               synchronize)  # fmt: skip
-from specsa.config import StepVariant
 from specsa.model.decoder import CausalLM
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import greedy_accept, rejection_sample
