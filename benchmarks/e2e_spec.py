@@ -37,7 +37,8 @@ from specsa.config import NSAConfig
 from specsa.generate import generate
 from specsa.orchestrate.bench import token_match
 from specsa.orchestrate.costs import StepCosts
-from specsa.orchestrate.policy import AutoPlanner, choose
+from specsa.orchestrate.planner import AutoPlanner
+from specsa.orchestrate.policy import choose
 from specsa.orchestrate.profile import measure_step_costs
 from specsa.sampling import SamplingParams
 from specsa.spec.engine import generate_speculative

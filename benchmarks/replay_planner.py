@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from specsa.orchestrate.costs import StepCosts
-from specsa.orchestrate.policy import AutoPlanner
+from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.profile import saved_costs
 from specsa.orchestrate.replay import replay
 

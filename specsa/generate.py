@@ -121,12 +121,16 @@ def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None,
     return model.logits(model(token_ids, slots, query_lens, cache, **run))
 
 
-def decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator) -> list[int]:
+def decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator, host_work=None) -> list[int]:
     """One autoregressive step of the active requests (indices into gens and slots): each
-    one's last token in, one sampled token out. Returns the requests still running."""
+    one's last token in, one sampled token out. Returns the requests still running.
+    `host_work()` is called while the GPU runs the step."""
     ids = torch.tensor([gens[i].token_ids[-1] for i in active], device=model.lm_head.weight.device)
     logits = step_logits(model, cache, graphs, ids, [slots[i] for i in active], [1] * len(active))
-    next_tokens = sample(logits, params, generator).tolist()
+    next_tokens = sample(logits, params, generator)
+    if host_work is not None:
+        host_work()
+    next_tokens = next_tokens.tolist()
     return [i for i, token in zip(active, next_tokens) if not gens[i].add(token, params, eos_ids)]
 
 

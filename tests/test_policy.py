@@ -7,7 +7,8 @@ import pytest
 
 from specsa.config import StepVariant
 from specsa.orchestrate.costs import StepCosts
-from specsa.orchestrate.policy import AcceptanceTracker, AutoPlanner, choose, expected_committed
+from specsa.orchestrate.planner import AutoPlanner
+from specsa.orchestrate.policy import AcceptanceTracker, choose, expected_committed
 
 # A GPU at batch 1: verifying up to 9 tokens costs little more than one decode step.
 FLAT = StepCosts({1: 3.0, 2: 3.1, 3: 3.2, 5: 3.4, 9: 4.0}, {"ngram": 0.01, "self": 0.8})
@@ -72,6 +73,18 @@ def test_planner_tries_longer_drafts_than_it_has_used():
     assert planner.gamma() == 8
 
 
+def test_what_the_engine_books_while_the_gpu_runs_is_planned_with_one_step_late():
+    """The engine books a step's observations while the next step runs, so the next plan
+    may lack the step just taken; one plan later nothing is left unbooked."""
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(10):
+        planner.observe(num_drafted=8, num_accepted=8)
+    planner.book_steps(1)  # while the step below runs
+    for _ in range(30):
+        planner.observe(num_drafted=8, num_accepted=0)  # what that step showed: acceptance collapses
+    assert planner.gamma() == 8  # planned with the booking
+    assert planner.gamma() == 0  # no booking since the last plan: it books now
+
 def test_auto_planner_speculates_where_it_pays_and_stays_lossless(tiny_llama):
     """Engine + planner on a repetitive prompt: with flat (GPU-like) costs it drafts, with
     the no-profile costs it decodes plainly; both give the autoregressive tokens."""
@@ -80,7 +93,7 @@ def test_auto_planner_speculates_where_it_pays_and_stays_lossless(tiny_llama):
     from specsa.generate import generate
     from specsa.model.loader import load_model
     from specsa.orchestrate.costs import linear_costs
-    from specsa.orchestrate.policy import AutoPlanner
+    from specsa.orchestrate.planner import AutoPlanner
     from specsa.sampling import SamplingParams
     from specsa.spec.engine import generate_speculative
     from specsa.spec.ngram import NgramDrafter
@@ -146,6 +159,7 @@ def test_auto_planner_learns_the_loops_overhead_and_drafts_longer():
     for _ in range(30):
         planner.observe_step(0, FLAT.step_ms(None, 0) + 10.0)
         planner.observe_step(4, FLAT.step_ms("ngram", 4) + 10.0)
+    planner.book_steps(1)
     assert planner.loop.corrections_ms() == pytest.approx({0: 10.0, 4: 10.0})
     assert choose(planner.loop.current(1), {"ngram": [0.7]}, 8).gamma == 8
 
@@ -163,13 +177,16 @@ def test_a_wider_step_not_taken_yet_is_tried_and_kept_where_the_loop_makes_it_no
     for _ in range(12):
         widths.append(choose(planner.loop.current(1), {"ngram": rates}, 8).gamma)
         planner.observe_step(widths[-1], wall_ms[widths[-1]])
+        planner.book_steps(1)
     assert widths[:2] == [7, 8] and widths[-4:] == [8] * 4
     # where the wider step really is dearer, three tries settle it
     planner = AutoPlanner(profile, "ngram", 8)
     for width in (7, 8, 8):
         planner.observe_step(width, profile.target_ms[width + 1] + 0.4)
+    planner.book_steps(1)
     assert choose(planner.loop.current(1), {"ngram": rates}, 8).gamma == 8
     planner.observe_step(8, profile.target_ms[9] + 0.4)
+    planner.book_steps(1)
     assert [choose(planner.loop.current(1), {"ngram": rates}, 8).gamma for _ in range(3)] == [7] * 3
 
 
@@ -205,6 +222,7 @@ def test_costs_follow_the_number_of_sequences_still_running():
     planner = AutoPlanner(by_batch, "ngram", 8)
     assert planner.loop.profiled(3) is by_batch[4] and planner.loop.profiled(16) is by_batch[8]
     planner.observe_step(0, 2 * 3.0 + 0.5, running=3)
+    planner.book_steps(3)
     assert planner.loop.corrections_ms() == pytest.approx({0: 0.5})
     assert planner.loop.current(1).target_ms[1] == pytest.approx(3.5)
 
@@ -220,6 +238,7 @@ def test_widths_not_taken_yet_are_planned_from_the_widths_beside_them():
         planner.observe_step(0, FLAT.step_ms(None, 0) + 0.1)
         planner.observe_step(1, FLAT.step_ms("ngram", 1) + 2.0)
         planner.observe_step(4, FLAT.step_ms("ngram", 4))
+    planner.book_steps(1)
     assert planner.loop.corrections_ms() == pytest.approx({0: 0.1, 1: 2.0, 4: 0.0})
     costs = planner.loop.current(1)
     assert costs.target_ms[1] == pytest.approx(3.0 + 0.1)
@@ -252,7 +271,7 @@ def test_planner_reports_measured_step_times():
     planner = AutoPlanner(StepCosts({1: 1.0, 2: 1.1, 3: 1.2}, {"ngram": 0.0}), "ngram", 2)
     for gamma, ms in ((0, 1.5), (2, 2.0), (2, 3.0)):
         planner.observe_step(gamma, ms)
-    assert planner.loop.mean_step_ms() == {0: 1.5, 2: 2.5}
+    assert planner.report()["mean_step_ms_by_gamma"] == {0: 1.5, 2: 2.5}
 
 
 def test_free_drafts_are_verified_by_what_their_evidence_has_shown():

@@ -25,7 +25,7 @@ from specsa.config import PrecisionClass, StepVariant
 from specsa.model.decoder import CausalLM
 from specsa.model.graphs import BATCH_BUCKETS, StepGraphs
 from specsa.orchestrate.costs import StepCosts, linear_costs, variants_by_shape
-from specsa.orchestrate.policy import AutoPlanner
+from specsa.orchestrate.planner import AutoPlanner
 from specsa.spec.ngram import NgramDrafter
 
 

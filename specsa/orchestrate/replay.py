@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from specsa.orchestrate.costs import StepCosts
-from specsa.orchestrate.policy import AutoPlanner
+from specsa.orchestrate.planner import AutoPlanner
 from specsa.spec.ngram import NgramDrafter
 
 
@@ -34,6 +34,7 @@ def replay(generations: list[tuple[list[int], list[int]]], costs: Callable[[int]
             width = max(map(len, proposal.tokens))
         else:
             _, width = planner.plan(active, [contexts[i] for i in active], proposal.tokens, proposal.evidence)
+            planner.book_steps(len(active))  # where the engine books: while the GPU runs the step
         for row, (i, d) in enumerate(zip(active, done)):
             drafts, continuation = proposal.tokens[row][:width], generations[i][1]
             accepted = 0

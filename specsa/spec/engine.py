@@ -135,7 +135,8 @@ def generate_speculative(
         t1 = time.perf_counter()  # drafts come back as host lists, so the device is done
         if proposal is None or not any(proposal.tokens):
             # A plain step, exactly as `generate` takes it; a drafter not asked catches up later.
-            still_active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator)
+            still_active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator,
+                                       host_work=planner and (lambda: planner.book_steps(len(active))))  # fmt: skip
             for i in active:
                 gens[i].stats.record(0, 0, 1)
                 gens[i].stats.draft_s += t1 - t0
@@ -161,6 +162,8 @@ def generate_speculative(
         logits = step_logits(model, cache, graphs, feed_ids, active_slots, [width + 1] * len(feed))
         accepted, next_token = _accept(logits, draft_tokens, num_drafts_t, proposal.probs,
                                        None if proposal.verdict is None else verdict, params, generator)  # fmt: skip
+        if planner is not None:  # its bookkeeping, while the GPU verifies
+            planner.book_steps(len(active))
         t2 = synchronize(device)
 
         still_active = []

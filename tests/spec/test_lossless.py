@@ -138,6 +138,9 @@ class _Alternating:
     def observe_step(self, gamma: int, ms: float, running: int) -> None:
         self.observed.append(gamma)
 
+    def book_steps(self, running: int) -> None:
+        pass
+
 
 @pytest.mark.parametrize("batch", BATCHES)
 def test_plain_and_speculative_steps_mixed_equal_autoregressive(target, other_model, batch):
