@@ -23,7 +23,9 @@ def test_bench_writes_json_markdown_and_plot(tiny_llama, tmp_path, capsys):
     assert len(rows) == 2 * 2 * 4  # the AR baseline is always added
     assert {r["strategy"] for r in rows} == {"ar", "ngram:2", "auto", "ORACLE rate 0.9 γ=3"}
     assert all(r["token_match"] == 1.0 and r["tokens_per_s"] > 0 for r in rows)  # float32 on the CPU: identical
-    assert all(r["steps_by_gamma"].keys() == {"0"} for r in rows if r["strategy"] == "auto")  # no profile: plain
+    auto = [r for r in rows if r["strategy"] == "auto"]
+    assert [len(r["auto_by_group"]) for r in auto] == [2, 1, 2, 1]  # 2 prompts: 2 batches of 1, 1 batch of 2
+    assert all(p["steps_by_gamma"].keys() == {"0"} for r in auto for p in r["auto_by_group"])  # no profile: plain
     oracle = [r for r in rows if r["strategy"].startswith("ORACLE")]
     assert all(r["drafting_share"] > 0 and len(r["acceptance_by_position"]) == 3 for r in oracle)
     assert "ORACLE" in (out / "bench.md").read_text()
@@ -41,6 +43,9 @@ def test_bench_repeats_report_the_median_run(tiny_llama, tmp_path, capsys):
         assert row["tokens_per_s"] == pytest.approx(4 / sorted(row["decode_s_runs"])[1])  # 4 new tokens, median run
     assert main(["bench", "--model", str(tiny_llama), "--repeats", "0", "--out", str(out)]) != 0
     assert "--repeats must be at least 1" in capsys.readouterr().err
+    assert main(["bench", "--model", str(tiny_llama), "--contexts", "40", "--batches", "2", "--num-prompts", "3",
+                 "--out", str(out), *SPARSE_FLAGS]) != 0  # fmt: skip
+    assert "--num-prompts 3 must be a multiple of every batch size" in capsys.readouterr().err
 
 
 def test_bench_with_a_draft_model(tiny_llama, tmp_path, capsys):
@@ -53,7 +58,7 @@ def test_bench_with_a_draft_model(tiny_llama, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     rows = {r["strategy"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
     assert rows["draft:3"]["token_match"] == 1.0 and rows["draft:3"]["acceptance_by_position"][0] == 1.0  # itself
-    assert rows["auto"]["draft_model_steps_by_gamma"] == {} and rows["auto"]["token_match"] == 1.0
+    assert rows["auto"]["auto_by_group"][0]["draft_model_steps_by_gamma"] == {} and rows["auto"]["token_match"] == 1.0
     assert "draft model" in (out / "bench.md").read_text()
     assert main(["bench", "--model", str(tiny_llama), "--strategies", "draft:3", "--contexts", "40", "--out", str(out)]) != 0
     assert "draft:γ strategy needs --draft-model" in capsys.readouterr().err

@@ -111,62 +111,78 @@ def acceptance_report(results: list[SpecGeneration]) -> dict:
 
 
 def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: list[int], batches: list[int],
-              max_new_tokens: int, repeats: int = 1, draft_model: CausalLM | None = None) -> list[dict]:  # fmt: skip
-    """A row per (context, batch, strategy). With `repeats` > 1 every strategy, the
-    autoregressive baseline (always first) included, runs that many times in turn, and a
-    row reports the median decode time (each run's in `decode_s_runs`): on a GPU the same
-    tokens move by ±12% from run to run, more than the differences worth measuring.
-    `draft_model` drafts for `draft:γ`, and for `auto` beside prompt lookup."""
+              max_new_tokens: int, repeats: int = 1, draft_model: CausalLM | None = None,
+              num_prompts: int | None = None) -> list[dict]:  # fmt: skip
+    """A row per (context, batch, strategy). Every point decodes the same `num_prompts`
+    prompts (default: the largest batch), `batch` at a time, and reports their tokens
+    over the sum of the batches' decode times: at batch 1 one 256-token generation
+    decides too little (replayed, `auto` / the best fixed strategy ranges 0.93-1.11
+    over 24 prompts). With `repeats` > 1 every strategy, the autoregressive baseline
+    (always first) included, runs that many times in turn, and a row reports the median
+    decode time (each run's in `decode_s_runs`): on a GPU the same tokens move by ±12%
+    from run to run, more than the differences worth measuring. `draft_model` drafts for
+    `draft:γ`, and for `auto` beside prompt lookup."""
     if draft_model is None and any(s.kind == "draft" for s in strategies):
         raise ValueError("A draft:γ strategy needs --draft-model PATH (a smaller model with the same vocabulary).")
+    num_prompts = num_prompts or max(batches)
+    if any(num_prompts % batch for batch in batches):
+        raise ValueError(f"--num-prompts {num_prompts} must be a multiple of every batch size ({batches}): "
+                         "each point decodes the same prompts, a batch at a time.")  # fmt: skip
     params = SamplingParams(max_new_tokens=max_new_tokens)
-    vocab = model.config.vocab_size
     max_gamma = max(s.gamma for s in strategies)
     rows = []
     for context in contexts:
+        prompts = real_text_prompts(tokenizer, context, num_prompts)
+        max_len = context + max_new_tokens + max_gamma
         for batch in batches:
-            prompts = real_text_prompts(tokenizer, context, batch)
-            max_len = context + max_new_tokens + max_gamma
+            groups = [prompts[i : i + batch] for i in range(0, num_prompts, batch)]
             on_gpu = model.lm_head.weight.is_cuda and max_gamma > 0
             variants = variants_by_shape(profile_for(model, max_len, batch, max_gamma)) if on_gpu else {}
             decode_s: dict[str, list[float]] = {strategy.name: [] for strategy in strategies}
-            runs: dict[str, tuple] = {}  # strategy -> (generations, planner) of its last run
-            reference = None
+            runs: dict[str, tuple] = {}  # strategy -> (generations, planners) of its last run
+            reference: list[list[list[int]]] = []  # the autoregressive tokens, by group
             for _ in range(repeats):
                 for strategy in strategies:
-                    planner = None
-                    if strategy.kind == "ar":
-                        results = generate(model, prompts, params, frozenset())
-                        reference = reference or [g.token_ids for g in results]
-                    else:
-                        factory = _drafter_factory(strategy, prompts, reference, vocab, model, draft_model, max_len, params)
-                        if strategy.kind == "auto":
-                            planner = planner_for(model, max_len, batch, strategy.gamma, model_drafter=draft_model is not None)
-                        results = generate_speculative(model, prompts, params, frozenset(), factory, strategy.gamma,
-                                                       planner=planner, step_variants=variants)  # fmt: skip
-                    decode_s[strategy.name].append(results[0].decode_s)
-                    runs[strategy.name] = (results, planner)
+                    results, planners, seconds = [], [], 0.0
+                    for g, group in enumerate(groups):
+                        planner = None
+                        if strategy.kind == "ar":
+                            generations = generate(model, group, params, frozenset())
+                            if len(reference) == g:
+                                reference.append([r.token_ids for r in generations])
+                        else:
+                            factory = _drafter_factory(strategy, group, reference[g], model, draft_model, max_len, params)
+                            if strategy.kind == "auto":
+                                planner = planner_for(model, max_len, batch, strategy.gamma, model_drafter=draft_model is not None)
+                                planners.append(planner)
+                            generations = generate_speculative(model, group, params, frozenset(), factory, strategy.gamma,
+                                                               planner=planner, step_variants=variants)  # fmt: skip
+                        results += generations
+                        seconds += generations[0].decode_s
+                    decode_s[strategy.name].append(seconds)
+                    runs[strategy.name] = (results, planners)
             ar_s = statistics.median(decode_s[strategies[0].name])
+            every_reference = sum(reference, [])
             for strategy in strategies:
-                results, planner = runs[strategy.name]
+                results, planners = runs[strategy.name]
                 median_s = statistics.median(decode_s[strategy.name])
-                row = dict(context=context, batch=batch, strategy=strategy.name,
+                row = dict(context=context, batch=batch, num_prompts=num_prompts, strategy=strategy.name,
                            tokens_per_s=sum(len(r.token_ids) for r in results) / median_s, speedup=ar_s / median_s,
-                           decode_s_runs=decode_s[strategy.name], token_match=token_match(results, reference))  # fmt: skip
+                           decode_s_runs=decode_s[strategy.name], token_match=token_match(results, every_reference))  # fmt: skip
                 if strategy.kind != "ar":
-                    row.update(acceptance_length=sum(r.stats.acceptance_length for r in results) / batch,
+                    row.update(acceptance_length=sum(r.stats.acceptance_length for r in results) / len(results),
                                **acceptance_report(results))  # fmt: skip
-                if planner is not None:
-                    row.update(planner.report())
+                if planners:
+                    row["auto_by_group"] = [planner.report() for planner in planners]  # one planner per batch of prompts
                 rows.append(row)
     return rows
 
 
-def _drafter_factory(strategy: Strategy, prompts, reference, vocab: int, model: CausalLM, draft_model: CausalLM | None,
+def _drafter_factory(strategy: Strategy, prompts, reference, model: CausalLM, draft_model: CausalLM | None,
                      max_len: int, params: SamplingParams):  # fmt: skip
     """drafter_factory(cache, generator) for a speculative strategy."""
     if strategy.kind == "oracle":
-        return lambda cache, g: OracleDrafter(prompts, reference, [strategy.rate], vocab)
+        return lambda cache, g: OracleDrafter(prompts, reference, [strategy.rate], model.config.vocab_size)
     if draft_model is None or strategy.kind == "ngram":
         return lambda cache, g: NgramDrafter()
 
