@@ -28,6 +28,7 @@ import torch
 from specsa.generate import generate
 from specsa.model.decoder import CausalLM
 from specsa.orchestrate.costs import variants_by_shape
+from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.profile import planner_for, profile_for
 from specsa.sampling import SamplingParams
 from specsa.spec.engine import SpecGeneration, generate_speculative
@@ -142,25 +143,22 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
             runs: dict[str, tuple] = {}  # strategy -> (generations, planners) of its last run
             reference: list[list[list[int]]] = []  # the autoregressive tokens, by group
             for _ in range(repeats):
-                for strategy in strategies:
-                    results, planners, seconds = [], [], 0.0
-                    for g, group in enumerate(groups):
-                        planner = None
-                        if strategy.kind == "ar":
-                            generations = generate(model, group, params, frozenset())
-                            if len(reference) == g:
-                                reference.append([r.token_ids for r in generations])
-                        else:
-                            factory = _drafter_factory(strategy, group, reference[g], model, draft_model, max_len, params)
-                            if strategy.kind == "auto":
-                                planner = planner_for(model, max_len, batch, strategy.gamma, model_drafter=draft_model is not None)
-                                planners.append(planner)
-                            generations = generate_speculative(model, group, params, frozenset(), factory, strategy.gamma,
-                                                               planner=planner, step_variants=variants)  # fmt: skip
-                        results += generations
-                        seconds += generations[0].decode_s
-                    decode_s[strategy.name].append(seconds)
-                    runs[strategy.name] = (results, planners)
+                results = {strategy.name: [] for strategy in strategies}
+                planners = {strategy.name: [] for strategy in strategies}
+                seconds = dict.fromkeys(decode_s, 0.0)
+                for g, group in enumerate(groups):
+                    # every strategy in turn on each batch: the GPU's speed drifts by ~10% over seconds
+                    for strategy in strategies:  # the autoregressive baseline first: it gives the reference
+                        generations, planner = _decode(strategy, group, reference[g] if reference[g:] else None, model,
+                                                       draft_model, max_len, params, variants)  # fmt: skip
+                        if len(reference) == g:
+                            reference.append([r.token_ids for r in generations])
+                        results[strategy.name] += generations
+                        planners[strategy.name] += [planner] if planner else []
+                        seconds[strategy.name] += generations[0].decode_s
+                for name, total in seconds.items():
+                    decode_s[name].append(total)
+                    runs[name] = (results[name], planners[name])
             ar_s = statistics.median(decode_s[strategies[0].name])
             every_reference = sum(reference, [])
             for strategy in strategies:
@@ -176,6 +174,20 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                     row["auto_by_group"] = [planner.report() for planner in planners]  # one planner per batch of prompts
                 rows.append(row)
     return rows
+
+
+def _decode(strategy: Strategy, prompts, reference, model: CausalLM, draft_model: CausalLM | None, max_len: int,
+            params: SamplingParams, variants) -> tuple[list, AutoPlanner | None]:  # fmt: skip
+    """One batch of prompts decoded by `strategy`: the generations, and `auto`'s planner."""
+    if strategy.kind == "ar":
+        return generate(model, prompts, params, frozenset()), None
+    factory = _drafter_factory(strategy, prompts, reference, model, draft_model, max_len, params)
+    planner = None
+    if strategy.kind == "auto":
+        planner = planner_for(model, max_len, len(prompts), strategy.gamma, model_drafter=draft_model is not None)
+    generations = generate_speculative(model, prompts, params, frozenset(), factory, strategy.gamma, planner=planner,
+                                       step_variants=variants)  # fmt: skip
+    return generations, planner
 
 
 def _drafter_factory(strategy: Strategy, prompts, reference, model: CausalLM, draft_model: CausalLM | None,
