@@ -149,7 +149,7 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                 for g, group in enumerate(groups):
                     # every strategy in turn on each batch: the GPU's speed drifts by ~10% over seconds
                     for strategy in strategies:  # the autoregressive baseline first: it gives the reference
-                        generations, planner = _decode(strategy, group, reference[g] if reference[g:] else None, model,
+                        generations, planner = _decode(strategy, group, reference[g] if g < len(reference) else None, model,
                                                        draft_model, max_len, params, variants)  # fmt: skip
                         if len(reference) == g:
                             reference.append([r.token_ids for r in generations])

@@ -32,7 +32,7 @@ class AutoPlanner:
     noticed.
 
     What the loop reports (`observe…`) is queued and learnt from in `book_steps`, which
-    the engine calls while the GPU verifies, so that the host work between two steps,
+    the engine calls while the GPU runs a step, so that the host work between two steps,
     while the GPU waits, is only the choice itself: planning one step behind, with what
     the steps before the last one showed, lost nothing in replays of 24 generations."""
 
@@ -56,7 +56,9 @@ class AutoPlanner:
         self.drafting_with_model = False  # the step being run drafts with the model drafter
         self.model_drafting_ms = 0.0  # … and took this long to draft
         # evidence (MODEL: the model drafter's) -> acceptance seen with it
-        self.trackers: dict[int | str | None, AcceptanceTracker] = {MODEL: AcceptanceTracker(max_gamma)} if model_drafter else {}
+        self.trackers: dict[int | str | None, AcceptanceTracker] = {}
+        if model_drafter:
+            self.trackers[MODEL] = AcceptanceTracker(max_gamma)
         self.pooled = AcceptanceTracker(max_gamma)  # all lookup evidence together: what a rare one leans on
         # slot -> (position, drafts, evidence, verified) of its last proposal with drafts left unverified
         self.unverified: dict[int, tuple[int, list[int], int | None, int]] = {}
@@ -105,7 +107,7 @@ class AutoPlanner:
 
     def book_steps(self, running: int) -> None:
         """Learns from what was observed since the last booking, and prepares the tables
-        the next step for `running` sequences is planned with (~40 µs of host work)."""
+        the next step for `running` sequences is planned with (~85 µs on a 2-core CPU)."""
         for evidence, num_drafted, num_accepted, first in self.unbooked_acceptance:
             self._tracker(evidence).observe(num_drafted, num_accepted, first)
             if evidence != MODEL:
@@ -122,10 +124,10 @@ class AutoPlanner:
         ]
         pooled = self.pooled.estimate()
         self.committed_unseen = committed_by_length(pooled, self.max_gamma)
-        self.committed_by_evidence = {
-            evidence: committed_by_length(tracker.estimate() if evidence == MODEL else self._rates(evidence, pooled), self.max_gamma)
-            for evidence, tracker in self.trackers.items()
-        }
+        self.committed_by_evidence = {}
+        for evidence, tracker in self.trackers.items():
+            rates = tracker.estimate() if evidence == MODEL else self._rates(evidence, pooled)
+            self.committed_by_evidence[evidence] = committed_by_length(rates, self.max_gamma)
         self.booked_since_plan = True
 
     def _tracker(self, evidence: int | str | None) -> AcceptanceTracker:
