@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-speculative-tokens", type=int, default=8, help="longest draft `auto` may choose")
     bench.add_argument("--num-prompts", type=int, default=None,
                        help="prompts every point decodes, a batch at a time (default: the largest batch)")
+    bench.add_argument("--same-text", action="store_true",
+                       help="prompt lookup drafts from the autoregressive run's text, which decides acceptance: "
+                            "strategies timed on one text (bf16 rounding sends each onto its own otherwise)")
     bench.add_argument("--repeats", type=int, default=1,
                        help="runs of every strategy, in turn; rows report the median (GPU timings vary by ~10%%)")
     bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
@@ -250,12 +253,15 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.draft_model is not None:
         draft = load_model(args.draft_model, attention=args.attention, nsa_overrides=overrides, dtype=dtype, device=device)
     rows = run_bench(model, load_tokenizer(args.model), strategies, contexts, batches, args.max_new_tokens, args.repeats,
-                     draft, args.num_prompts)  # fmt: skip
+                     draft, args.num_prompts, args.same_text)  # fmt: skip
     drafting = f"draft model {args.draft_model}, " if draft is not None else ""
+    if args.same_text:
+        drafting += "SAME TEXT (lookup on the AR run's text, which decides acceptance), "
     title = (f"specsa bench: {args.model}, {args.attention}, precision {args.precision}, {drafting}{dtype}, {device}, "
              f"{rows[0]['num_prompts']} prompts, {args.max_new_tokens} new tokens each, greedy, "
              f"median of {args.repeats} run(s)")  # fmt: skip
-    write_report(rows, {"title": title, "command": "specsa bench " + " ".join(sys.argv[2:])}, Path(args.out))
+    meta = {"title": title, "command": "specsa bench " + " ".join(sys.argv[2:]), "same_text": args.same_text}
+    write_report(rows, meta, Path(args.out))
     print(Path(args.out, "bench.md").read_text())
 
 

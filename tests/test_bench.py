@@ -80,3 +80,25 @@ def test_report_marks_points_a_strategy_did_not_run(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| auto | — | 20.0 tok/s (2.00×) |" in table
     assert (tmp_path / "bench.png").exists()
+
+
+def test_same_text_takes_the_steps_prompt_lookup_takes_on_the_autoregressive_text(tiny_llama, tmp_path, capsys):
+    """On the CPU in float32 the speculative runs keep the autoregressive text, so lookup
+    on that text (--same-text) must take exactly the steps real prompt lookup takes."""
+    rows = {}
+    for same_text in (False, True):
+        out = tmp_path / str(same_text)
+        flags = ["--same-text"] if same_text else []
+        code = main(["bench", "--model", str(tiny_llama), "--contexts", "60", "--batches", "1,2", "--max-new-tokens", "24",
+                     "--strategies", "ngram:3,auto", "--out", str(out), *flags, *SPARSE_FLAGS])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        report = json.loads((out / "bench.json").read_text())
+        assert report["same_text"] == same_text and ("SAME TEXT" in report["title"]) == same_text
+        rows[same_text] = {(r["strategy"], r["batch"]): r for r in report["rows"]}
+    for key, row in rows[True].items():
+        assert row["token_match"] == 1.0
+        if key[0] != "ar":
+            assert row["reached_at"] == rows[False][key]["reached_at"] and row["accepted_at"] == rows[False][key]["accepted_at"]
+    assert main(["bench", "--model", str(tiny_llama), "--draft-model", str(tiny_llama), "--same-text", "--contexts", "60",
+                 "--out", str(tmp_path / "refused"), *SPARSE_FLAGS]) != 0  # fmt: skip
+    assert "it does not judge a draft model" in capsys.readouterr().err

@@ -10,6 +10,8 @@ strategy's tokens are compared with the autoregressive run's (`token_match`). On
 the profile is read (measured first if missing) and every speculative strategy runs its
 target steps as it found fastest (query group, precision variant), as `specsa generate`
 does once a profile is saved: fixed strategies and `auto` differ only in what they draft.
+With `--same-text` every speculative strategy takes the steps it would take on the
+autoregressive run's text (`spec/reference_lookup.py`), labelled as such.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from specsa.spec.lookup_and_model import LookupAndModel
 from specsa.spec.model_drafter import DraftModelDrafter
 from specsa.spec.ngram import NgramDrafter
 from specsa.spec.oracle import OracleDrafter
+from specsa.spec.reference_lookup import ReferenceLookup
 
 SOURCES = ["argparse.py", "typing.py", "inspect.py", "subprocess.py", "dataclasses.py", "pathlib.py",
            "functools.py", "collections/__init__.py"]  # fmt: skip
@@ -113,7 +116,7 @@ def acceptance_report(results: list[SpecGeneration]) -> dict:
 
 def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: list[int], batches: list[int],
               max_new_tokens: int, repeats: int = 1, draft_model: CausalLM | None = None,
-              num_prompts: int | None = None) -> list[dict]:  # fmt: skip
+              num_prompts: int | None = None, same_text: bool = False) -> list[dict]:  # fmt: skip
     """A row per (context, batch, strategy). Every point decodes the same `num_prompts`
     prompts (default: the largest batch), `batch` at a time, and reports their tokens
     over the sum of the batches' decode times: at batch 1 one 256-token generation
@@ -122,14 +125,19 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
     (always first) included, runs that many times in turn, and a row reports the median
     decode time (each run's in `decode_s_runs`): on a GPU the same tokens move by ±12%
     from run to run, more than the differences worth measuring. `draft_model` drafts for
-    `draft:γ`, and for `auto` beside prompt lookup."""
+    `draft:γ`, and for `auto` beside prompt lookup. `same_text`: prompt lookup runs on the
+    autoregressive text, which decides acceptance (`ReferenceLookup`), so that strategies
+    are timed on one text, not on the continuations bf16 rounding sends each onto."""
     if draft_model is None and any(s.kind == "draft" for s in strategies):
         raise ValueError("A draft:γ strategy needs --draft-model PATH (a smaller model with the same vocabulary).")
+    if same_text and draft_model is not None:
+        raise ValueError("--same-text runs prompt lookup on the autoregressive text; it does not judge a draft model. "
+                         "Drop --draft-model or --same-text.")  # fmt: skip
     num_prompts = num_prompts or max(batches)
     if any(num_prompts % batch for batch in batches):
         raise ValueError(f"--num-prompts {num_prompts} must be a multiple of every batch size ({batches}): "
                          "each point decodes the same prompts, a batch at a time.")  # fmt: skip
-    params = SamplingParams(max_new_tokens=max_new_tokens)
+    decoder = _Decoder(model, draft_model, SamplingParams(max_new_tokens=max_new_tokens), same_text)
     max_gamma = max(s.gamma for s in strategies)
     rows = []
     for context in contexts:
@@ -149,8 +157,8 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
                 for g, group in enumerate(groups):
                     # every strategy in turn on each batch: the GPU's speed drifts by ~10% over seconds
                     for strategy in strategies:  # the autoregressive baseline first: it gives the reference
-                        generations, planner = _decode(strategy, group, reference[g] if g < len(reference) else None, model,
-                                                       draft_model, max_len, params, variants)  # fmt: skip
+                        generations, planner = decoder.decode(strategy, group, reference[g] if g < len(reference) else None,
+                                                              max_len, variants)  # fmt: skip
                         if len(reference) == g:
                             reference.append([r.token_ids for r in generations])
                         results[strategy.name] += generations
@@ -176,34 +184,43 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
     return rows
 
 
-def _decode(strategy: Strategy, prompts, reference, model: CausalLM, draft_model: CausalLM | None, max_len: int,
-            params: SamplingParams, variants) -> tuple[list, AutoPlanner | None]:  # fmt: skip
-    """One batch of prompts decoded by `strategy`: the generations, and `auto`'s planner."""
-    if strategy.kind == "ar":
-        return generate(model, prompts, params, frozenset()), None
-    factory = _drafter_factory(strategy, prompts, reference, model, draft_model, max_len, params)
-    planner = None
-    if strategy.kind == "auto":
-        planner = planner_for(model, max_len, len(prompts), strategy.gamma, model_drafter=draft_model is not None)
-    generations = generate_speculative(model, prompts, params, frozenset(), factory, strategy.gamma, planner=planner,
-                                       step_variants=variants)  # fmt: skip
-    return generations, planner
+@dataclass(frozen=True)
+class _Decoder:
+    """How a bench run decodes a batch of prompts by each strategy."""
 
+    model: CausalLM
+    draft_model: CausalLM | None
+    params: SamplingParams
+    same_text: bool  # prompt lookup drafts from the autoregressive text, which decides acceptance
 
-def _drafter_factory(strategy: Strategy, prompts, reference, model: CausalLM, draft_model: CausalLM | None,
-                     max_len: int, params: SamplingParams):  # fmt: skip
-    """drafter_factory(cache, generator) for a speculative strategy."""
-    if strategy.kind == "oracle":
-        return lambda cache, g: OracleDrafter(prompts, reference, [strategy.rate], model.config.vocab_size)
-    if draft_model is None or strategy.kind == "ngram":
-        return lambda cache, g: NgramDrafter()
+    def decode(self, strategy: Strategy, prompts, reference, max_len: int, variants) -> tuple[list, AutoPlanner | None]:
+        """The generations, and `auto`'s planner. `reference`: the autoregressive tokens."""
+        if strategy.kind == "ar":
+            return generate(self.model, prompts, self.params, frozenset()), None
+        planner = None
+        if strategy.kind == "auto":
+            planner = planner_for(self.model, max_len, len(prompts), strategy.gamma,
+                                  model_drafter=self.draft_model is not None)  # fmt: skip
+        generations = generate_speculative(self.model, prompts, self.params, frozenset(),
+                                           self._drafter_factory(strategy, prompts, reference, max_len),
+                                           strategy.gamma, planner=planner, step_variants=variants)  # fmt: skip
+        return generations, planner
 
-    def model_drafter(generator):
-        return DraftModelDrafter(draft_model, model, len(prompts), max_len, params, generator)
+    def _drafter_factory(self, strategy: Strategy, prompts, reference, max_len: int):
+        """drafter_factory(cache, generator) for a speculative strategy."""
+        if strategy.kind == "oracle":
+            return lambda cache, g: OracleDrafter(prompts, reference, [strategy.rate], self.model.config.vocab_size)
+        if self.same_text:
+            return lambda cache, g: ReferenceLookup(prompts, reference)
+        if self.draft_model is None or strategy.kind == "ngram":
+            return lambda cache, g: NgramDrafter()
 
-    if strategy.kind == "auto":
-        return lambda cache, g: LookupAndModel(NgramDrafter(), model_drafter(g))
-    return lambda cache, g: model_drafter(g)
+        def model_drafter(generator):
+            return DraftModelDrafter(self.draft_model, self.model, len(prompts), max_len, self.params, generator)
+
+        if strategy.kind == "auto":
+            return lambda cache, g: LookupAndModel(NgramDrafter(), model_drafter(g))
+        return lambda cache, g: model_drafter(g)
 
 
 def write_report(rows: list[dict], meta: dict, out: Path) -> None:

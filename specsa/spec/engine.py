@@ -129,6 +129,8 @@ def generate_speculative(
                 planner.observe_model_drafting(length, 1e3 * (time.perf_counter() - began))
             else:
                 proposal.tokens = [d[:length] for d in proposal.tokens]
+                if proposal.verdict is not None:  # a benchmark's reference decides
+                    proposal.verdict = [min(v, length) for v in proposal.verdict]
         else:  # `auto` picks the length first; 0 = plain decoding
             step_k = planner.gamma(len(active))
             proposal = draft(step_k) if step_k else None

@@ -14,6 +14,15 @@ import random
 from specsa.spec.drafter import Proposal
 
 
+def reference_of(references: list[tuple[list[int], list[int]]], context: list[int]) -> int:
+    """The index of the (prompt, continuation) reference whose prompt `context` starts with."""
+    for index, (prompt, _) in enumerate(references):
+        tail = prompt[-16:]  # enough to tell prompts apart without comparing them whole
+        if len(context) >= len(prompt) and context[len(prompt) - len(tail) : len(prompt)] == tail:
+            return index
+    raise ValueError("The benchmark drafter has no reference continuation for this sequence's prompt.")
+
+
 class OracleDrafter:
     proposals_are_free = False  # free, but its verdicts are set, not guesses to learn from
 
@@ -31,11 +40,9 @@ class OracleDrafter:
         """Which reference this sequence is, and what its continuation holds after the
         tokens committed so far. (If rounding made the target leave its reference, the
         drafts are wrong from there on; the verdict keeps the acceptance.)"""
-        for index, (prompt, continuation) in enumerate(self.references):
-            tail = prompt[-16:]  # enough to tell prompts apart without comparing them whole
-            if len(context) >= len(prompt) and context[len(prompt) - len(tail) : len(prompt)] == tail:
-                return index, continuation[len(context) - len(prompt) :]
-        raise ValueError("The oracle drafter has no reference continuation for this sequence's prompt.")
+        index = reference_of(self.references, context)
+        prompt, continuation = self.references[index]
+        return index, continuation[len(context) - len(prompt) :]
 
     def propose(self, slots: list[int], contexts: list[list[int]], num_tokens: list[int]) -> Proposal:
         drafts, verdict = [], []
