@@ -26,6 +26,17 @@ def test_acceptance_by_position_follows_the_set_rates():
     assert again.propose([0], [context], [3]).tokens == oracle.propose([0], [context], [3]).tokens  # common luck
 
 
+def test_a_token_is_right_or_wrong_whichever_step_drafts_it():
+    """Common luck across strategies: steps that start elsewhere meet the same draws on the
+    tokens they share (at a flat rate, the same verdicts)."""
+    prompt, continuation = [1, 2, 3], list(range(10, 60))
+    oracle = OracleDrafter([prompt], [continuation], [0.5], vocab_size=100_000, seed=3)
+    long_step = oracle.propose([0], [prompt + continuation[:10]], [12]).tokens[0]  # tokens 10..21
+    short_step = oracle.propose([0], [prompt + continuation[:14]], [8]).tokens[0]  # tokens 14..21
+    assert short_step == long_step[4:]
+    assert 0 < sum(a == b for a, b in zip(long_step, continuation[10:22])) < 12  # some right, some wrong
+
+
 def test_unknown_sequence_and_bad_rates_are_clear_errors():
     with pytest.raises(ValueError, match="probabilities"):
         OracleDrafter([[1]], [[2]], [1.5], vocab_size=10)
