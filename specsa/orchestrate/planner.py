@@ -171,8 +171,7 @@ class AutoPlanner:
     def gamma(self, running: int = 1) -> int:
         """The draft length of the next step for `running` sequences, chosen before drafting."""
         self._prepared(running)
-        committed = self.committed_by_evidence.get(None, self.committed_unseen)  # its drafts carry no evidence
-        gamma = max(range(self.max_gamma + 1), key=lambda g: committed[g] / self.step_ms_by_width[g])
+        gamma = choose(self.costs, {self.drafter: self._tracker(None).estimate()}, self.max_gamma).gamma
         if self._probe_due(speculating=gamma > 0):
             gamma = 1
         self.chosen[gamma] = self.chosen.get(gamma, 0) + 1
