@@ -171,7 +171,8 @@ class AutoPlanner:
     def gamma(self, running: int = 1) -> int:
         """The draft length of the next step for `running` sequences, chosen before drafting."""
         self._prepared(running)
-        gamma = choose(self.costs, {self.drafter: self._tracker(None).estimate()}, self.max_gamma).gamma
+        committed = self.committed_by_evidence.get(None, self.committed_unseen)  # its drafts carry no evidence
+        gamma = max(range(self.max_gamma + 1), key=lambda g: committed[g] / self.step_ms_by_width[g])
         if self._probe_due(speculating=gamma > 0):
             gamma = 1
         self.chosen[gamma] = self.chosen.get(gamma, 0) + 1
