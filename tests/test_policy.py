@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from specsa.config import StepVariant
-from specsa.orchestrate.costs import StepCosts
+from specsa.orchestrate.costs import StepCosts, linear_costs
 from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.policy import AcceptanceTracker, choose, expected_committed
 
@@ -110,6 +110,18 @@ def test_auto_planner_speculates_where_it_pays_and_stays_lossless(tiny_llama):
                                        planner=planner)  # fmt: skip
         assert [r.token_ids for r in results] == expected
         assert (sum(n for gamma, n in planner.chosen.items() if gamma > 0) > 0) == speculates
+
+
+def test_a_costly_drafter_is_not_stopped_before_its_first_position_is_judged():
+    """Plain steps teach a costly drafter nothing: two rejections must not stop it."""
+    planner = AutoPlanner(FLAT, "self", 8)
+    for _ in range(2):
+        planner.observe(num_drafted=8, num_accepted=0)
+    assert planner.gamma() > 0
+    for _ in range(2):
+        planner.observe(num_drafted=8, num_accepted=0)
+    assert planner.gamma() == 0
+    assert AutoPlanner(linear_costs(8), "ngram", 8).gamma() == 0  # where it can never pay, not even at first
 
 
 def test_auto_planner_probes_after_a_run_of_plain_steps():
