@@ -9,6 +9,7 @@ from collections import deque
 from specsa.config import StepVariant
 from specsa.orchestrate.costs import LoopCosts, StepCosts, variants_by_shape
 from specsa.orchestrate.policy import AcceptanceTracker, choose, committed_by_length
+from specsa.spec.drafter import matched_prefix
 
 MODEL = "model"  # the key of the model drafter's acceptance among the lookup evidence
 
@@ -152,9 +153,7 @@ class AutoPlanner:
             return
         position, drafts, evidence, verified = self.unverified.pop(slot)
         committed = context[position : position + len(drafts)]
-        matched = 0
-        while matched < len(committed) and drafts[matched] == committed[matched]:
-            matched += 1
+        matched = matched_prefix(drafts, committed)
         if matched >= verified:  # else a verified draft was rejected, and the loop has said so
             num_drafted = len(drafts) if matched < len(committed) else matched
             self.unbooked_acceptance.append((evidence, num_drafted, matched, verified))
@@ -203,7 +202,8 @@ class AutoPlanner:
         for slot, context in zip(slots, contexts):
             self._settle(slot, context)
         self._prepared(len(slots))
-        width, goodput = self._best_width(drafts, evidence or [None] * len(drafts))
+        evidence = evidence or [None] * len(drafts)
+        width, goodput = self._best_width(drafts, evidence)
         use_model, length = False, width
         if self.model_drafter:
             timed = bool(self.model_ms_per_token)  # untimed, it is tried with one token, taken as free
@@ -217,7 +217,7 @@ class AutoPlanner:
             if self._probe_due(speculating=length > 0):
                 use_model, length = True, 1
         verified = 0 if use_model else length
-        for slot, context, d, e in zip(slots, contexts, drafts, evidence or [None] * len(drafts)):
+        for slot, context, d, e in zip(slots, contexts, drafts, evidence):
             if len(d) > verified:
                 self.unverified[slot] = (len(context), d, e, verified)
         self.drafting_with_model = use_model

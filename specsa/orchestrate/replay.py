@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from specsa.orchestrate.costs import StepCosts
 from specsa.orchestrate.planner import AutoPlanner
+from specsa.spec.drafter import matched_prefix
 from specsa.spec.ngram import NgramDrafter
 
 
@@ -37,9 +38,7 @@ def replay(generations: list[tuple[list[int], list[int]]], costs: Callable[[int]
             planner.book_steps(len(active))  # where the engine books: while the GPU runs the step
         for row, (i, d) in enumerate(zip(active, done)):
             drafts, continuation = proposal.tokens[row][:width], generations[i][1]
-            accepted = 0
-            while accepted < len(drafts) and drafts[accepted] == continuation[d + accepted]:
-                accepted += 1
+            accepted = matched_prefix(drafts, continuation[d:])
             if planner is not None and drafts:
                 planner.observe(len(drafts), accepted, proposal.evidence[row])
             contexts[i] = contexts[i] + continuation[d : d + accepted + 1]

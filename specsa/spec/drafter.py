@@ -22,6 +22,15 @@ class Proposal:
     evidence: list[int] | None = None
 
 
+def matched_prefix(drafts: list[int], tokens: list[int]) -> int:
+    """How many drafts, from the first on, equal the tokens that follow (what greedy
+    verification accepts)."""
+    matched = 0
+    while matched < min(len(drafts), len(tokens)) and drafts[matched] == tokens[matched]:
+        matched += 1
+    return matched
+
+
 class Drafter(Protocol):
     # True where a proposal costs next to nothing and its drafts are the drafter's own
     # guesses (not a benchmark's verdict): `auto` then looks up a proposal every step and

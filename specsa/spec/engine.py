@@ -80,7 +80,7 @@ def generate_speculative(
     """Like `generate`, but each target pass verifies up to K drafted tokens per sequence.
 
     `drafter_factory(cache, generator)` builds the drafter once the target's cache exists
-    (the self drafter works in it). `planner` (`orchestrate.policy.AutoPlanner`) picks the
+    (the self drafter works in it). `planner` (`orchestrate.planner.AutoPlanner`) picks the
     draft length of every step, up to K; without it every step drafts K. `step_variants`:
     how the target's captured steps run, from a profile (`StepGraphs`). Greedy output
     equals autoregressive greedy output; sampled output has the target's distribution.
@@ -138,7 +138,7 @@ def generate_speculative(
         if proposal is None or not any(proposal.tokens):
             # A plain step, exactly as `generate` takes it; a drafter not asked catches up later.
             still_active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator,
-                                       host_work=planner and (lambda: planner.book_steps(len(active))))  # fmt: skip
+                                       host_work=None if planner is None else lambda: planner.book_steps(len(active)))  # fmt: skip
             for i in active:
                 gens[i].stats.record(0, 0, 1)
                 gens[i].stats.draft_s += t1 - t0

@@ -13,7 +13,7 @@ picks, and the steps are those of a replay of the reference. Figures from it mus
 
 from __future__ import annotations
 
-from specsa.spec.drafter import Proposal
+from specsa.spec.drafter import Proposal, matched_prefix
 from specsa.spec.ngram import NgramDrafter
 from specsa.spec.oracle import reference_of
 
@@ -32,12 +32,8 @@ class ReferenceLookup:
             prompt, continuation = self.references[self.texts[slot][0]]
             text = self._text(slot, len(context) - len(prompt))
             tokens, match = self.lookup.lookup(text, k, slot)
-            right = continuation[len(text) - len(prompt) :][: len(tokens)]
-            accepted = 0
-            while accepted < len(right) and tokens[accepted] == right[accepted]:
-                accepted += 1
             drafts.append(tokens)
-            verdict.append(accepted)
+            verdict.append(matched_prefix(tokens, continuation[len(text) - len(prompt) : len(text) - len(prompt) + k]))
             evidence.append(match)
         return Proposal(drafts, None, verdict, evidence)
 
