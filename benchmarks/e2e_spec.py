@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +38,8 @@ from e2e_decode import MODELS, random_model
 from specsa.config import NSAConfig
 from specsa.generate import generate
 from specsa.orchestrate.bench import token_match
-from specsa.orchestrate.costs import StepCosts
+from specsa.model.decoder import CausalLM
+from specsa.orchestrate.costs import StepCosts, variants_by_shape
 from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.policy import choose
 from specsa.orchestrate.profile import measure_step_costs
@@ -75,6 +78,8 @@ def main() -> None:
     parser.add_argument("--smollm2-bench", type=Path, default=SMOLLM2_BENCH,
                         help="the `specsa bench` report on SmolLM2 that `oracle@smollm2-ngram` takes its rates from")
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of every strategy, in turn, each with its own oracle luck; rows report the median")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rate_sets = {"oracle@smollm2-ngram": smollm2_rates(args.smollm2_bench), **RATES}
@@ -96,12 +101,14 @@ def main() -> None:
 
     nsa_model, dense_model = random_model(MODELS[args.model], "nsa"), random_model(MODELS[args.model], "dense")
     vocab = nsa_model.config.vocab_size
+    gammas = list(map(int, args.gammas.split(",")))
+    max_gamma = max(gammas)
     params = SamplingParams(max_new_tokens=args.new_tokens)
     warm = [torch.randint(0, vocab, (2048,)).tolist()]  # compile every kernel variant once
     warm_params = SamplingParams(max_new_tokens=12)
     warm_reference = [g.token_ids for g in generate(nsa_model, warm, warm_params, frozenset())]
     generate(dense_model, warm, warm_params, frozenset())
-    for gamma in map(int, args.gammas.split(",")):
+    for gamma in gammas:
         generate_speculative(nsa_model, warm, warm_params, frozenset(),
                              lambda cache, g: OracleDrafter(warm, warm_reference, [0.5], vocab), gamma)  # fmt: skip
     for context in map(int, args.contexts.split(",")):
@@ -111,40 +118,64 @@ def main() -> None:
             base = {"model": args.model, "context": context, "batch": batch, "new_tokens": args.new_tokens}
             ar = generate(nsa_model, prompts, params, frozenset(), prefill_chunk=NSA_PREFILL_CHUNK)
             reference = [g.token_ids for g in ar]
-            ar_tps = batch * args.new_tokens / ar[0].decode_s
-            record(dict(base, strategy="ar-nsa", tokens_per_s=ar_tps, speedup_vs_ar_nsa=1.0))
-            dense = generate(dense_model, prompts, params, frozenset(), prefill_chunk=context)
-            record(dict(base, strategy="ar-dense", tokens_per_s=batch * args.new_tokens / dense[0].decode_s,
-                        speedup_vs_ar_nsa=ar[0].decode_s / dense[0].decode_s))  # fmt: skip
-            max_gamma = max(map(int, args.gammas.split(",")))
             measured = measure_step_costs(nsa_model, context, batch, max_gamma)
             costs = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.variants)  # the oracle drafts for free
             record(dict(base, strategy="profile", target_ms=measured.target_ms,
                         variants={t: str(v) for t, v in measured.variants.items()}))
-            for name in args.rates.split(","):
-                rates = rate_sets[name]
-                planner = AutoPlanner({batch: costs}, "oracle", max_gamma)
-                factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=0)  # noqa: E731
-                spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, max_gamma, planner=planner,
-                                            step_variants=planner.step_variants, prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
-                record(dict(base, strategy=f"{name} auto", **planner.report(),
-                            policy_choice_at_true_rates=choose(costs, {"oracle": rates}, max_gamma).gamma,
-                            tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
-                            speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,
-                            acceptance_length=sum(s.stats.acceptance_length for s in spec) / batch,
-                            token_match=token_match(spec, reference)))  # fmt: skip
-                for gamma in map(int, args.gammas.split(",")):
-                    factory = lambda cache, g: OracleDrafter(prompts, reference, rates, vocab, seed=0)  # noqa: E731
-                    spec = generate_speculative(nsa_model, prompts, params, frozenset(), factory, gamma,
-                                                step_variants=planner.step_variants, prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
-                    record(dict(base, strategy=f"{name} γ={gamma}", gamma=gamma,
-                                mean_step_ms=1e3 * spec[0].decode_s / spec[0].stats.target_forwards,
-                                tokens_per_s=batch * args.new_tokens / spec[0].decode_s,
-                                speedup_vs_ar_nsa=ar[0].decode_s / spec[0].decode_s,
-                                acceptance_length=sum(s.stats.acceptance_length for s in spec) / batch,
-                                token_match=token_match(spec, reference)))  # fmt: skip
+            runs = Runs(nsa_model, dense_model, prompts, reference, params, costs, max_gamma)
+            strategies = ["ar-nsa", "ar-dense"] + [f"{name} {g}" for name in args.rates.split(",")
+                                                   for g in ["auto"] + [f"γ={gamma}" for gamma in gammas]]  # fmt: skip
+            decode_s = {strategy: [] for strategy in strategies}
+            last = {}
+            for repeat in range(args.repeats):  # every strategy in turn: the GPU's speed drifts over seconds
+                for strategy in strategies:
+                    rates = rate_sets.get(strategy.split()[0])
+                    last[strategy] = runs.decode(strategy, rates, seed=repeat)
+                    decode_s[strategy].append(last[strategy][0][0].decode_s)
+            ar_s = statistics.median(decode_s["ar-nsa"])
+            for strategy in strategies:
+                generations, planner = last[strategy]
+                median_s = statistics.median(decode_s[strategy])
+                row = dict(base, strategy=strategy, decode_s_runs=decode_s[strategy],
+                           tokens_per_s=batch * args.new_tokens / median_s, speedup_vs_ar_nsa=ar_s / median_s)  # fmt: skip
+                if strategy.startswith("oracle"):
+                    row.update(acceptance_length=sum(g.stats.acceptance_length for g in generations) / batch,
+                               mean_step_ms=1e3 * median_s / generations[0].stats.target_forwards,
+                               token_match=token_match(generations, reference))  # fmt: skip
+                if planner is not None:
+                    row.update(planner.report(), policy_choice_at_true_rates=choose(
+                        costs, {"oracle": rate_sets[strategy.split()[0]]}, max_gamma).gamma)  # fmt: skip
+                record(row)
             torch.cuda.empty_cache()
 
+
+@dataclass(frozen=True)
+class Runs:
+    """How one point decodes its prompts by each strategy."""
+
+    nsa_model: CausalLM
+    dense_model: CausalLM
+    prompts: list[list[int]]
+    reference: list[list[int]]  # the autoregressive NSA tokens: the oracle's continuation
+    params: SamplingParams
+    costs: StepCosts
+    max_gamma: int
+
+    def decode(self, strategy: str, rates: list[float] | None, seed: int) -> tuple[list, AutoPlanner | None]:
+        """(generations, `auto`'s planner). `seed`: the oracle's luck, shared by every
+        strategy of one repeat."""
+        if strategy in ("ar-nsa", "ar-dense"):
+            model, chunk = (self.nsa_model, NSA_PREFILL_CHUNK) if strategy == "ar-nsa" else (self.dense_model, len(self.prompts[0]))
+            return generate(model, self.prompts, self.params, frozenset(), prefill_chunk=chunk), None
+        vocab = self.nsa_model.config.vocab_size
+        factory = lambda cache, g: OracleDrafter(self.prompts, self.reference, rates, vocab, seed=seed)  # noqa: E731
+        gamma = strategy.split()[1]
+        planner = AutoPlanner({len(self.prompts): self.costs}, "oracle", self.max_gamma) if gamma == "auto" else None
+        variants = variants_by_shape({len(self.prompts): self.costs})
+        generations = generate_speculative(self.nsa_model, self.prompts, self.params, frozenset(), factory,
+                                           self.max_gamma if planner else int(gamma.removeprefix("γ=")), planner=planner,
+                                           step_variants=variants, prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip
+        return generations, planner
 
 if __name__ == "__main__":
     main()
