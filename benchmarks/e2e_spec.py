@@ -42,7 +42,7 @@ from specsa.model.decoder import CausalLM
 from specsa.orchestrate.costs import StepCosts, variants_by_shape
 from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.policy import choose
-from specsa.orchestrate.profile import measure_step_costs
+from specsa.orchestrate.profile import batch_bucket, buckets_up_to, measure_step_costs
 from specsa.sampling import SamplingParams
 from specsa.spec.engine import generate_speculative
 from specsa.spec.oracle import OracleDrafter
@@ -118,10 +118,12 @@ def main() -> None:
             base = {"model": args.model, "context": context, "batch": batch, "new_tokens": args.new_tokens}
             ar = generate(nsa_model, prompts, params, frozenset(), prefill_chunk=NSA_PREFILL_CHUNK)
             reference = [g.token_ids for g in ar]
-            measured = measure_step_costs(nsa_model, context, batch, max_gamma)
-            costs = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.variants)  # the oracle drafts for free
-            record(dict(base, strategy="profile", target_ms=measured.target_ms,
-                        variants={t: str(v) for t, v in measured.variants.items()}))
+            costs = {}  # batch bucket -> step costs, at every bucket the batch shrinks through as sequences finish
+            for bucket in buckets_up_to(batch):
+                measured = measure_step_costs(nsa_model, context, bucket, max_gamma)
+                costs[bucket] = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.variants)  # the oracle drafts for free
+                record(dict(base, strategy="profile", bucket=bucket, target_ms=measured.target_ms,
+                            variants={t: str(v) for t, v in measured.variants.items()}))
             runs = Runs(nsa_model, dense_model, prompts, reference, params, costs, max_gamma)
             strategies = ["ar-nsa", "ar-dense"] + [f"{name} {g}" for name in args.rates.split(",")
                                                    for g in ["auto"] + [f"γ={gamma}" for gamma in gammas]]  # fmt: skip
@@ -144,7 +146,7 @@ def main() -> None:
                                token_match=token_match(generations, reference))  # fmt: skip
                 if planner is not None:
                     row.update(planner.report(), policy_choice_at_true_rates=choose(
-                        costs, {"oracle": rate_sets[strategy.split()[0]]}, max_gamma).gamma)  # fmt: skip
+                        costs[batch_bucket(batch)], {"oracle": rate_sets[strategy.split()[0]]}, max_gamma).gamma)  # fmt: skip
                 record(row)
             torch.cuda.empty_cache()
 
@@ -158,7 +160,7 @@ class Runs:
     prompts: list[list[int]]
     reference: list[list[int]]  # the autoregressive NSA tokens: the oracle's continuation
     params: SamplingParams
-    costs: StepCosts
+    costs: dict[int, StepCosts]  # by batch bucket
     max_gamma: int
 
     def decode(self, strategy: str, rates: list[float] | None, seed: int) -> tuple[list, AutoPlanner | None]:
@@ -170,8 +172,8 @@ class Runs:
         vocab = self.nsa_model.config.vocab_size
         factory = lambda cache, g: OracleDrafter(self.prompts, self.reference, rates, vocab, seed=seed)  # noqa: E731
         gamma = strategy.split()[1]
-        planner = AutoPlanner({len(self.prompts): self.costs}, "oracle", self.max_gamma) if gamma == "auto" else None
-        variants = variants_by_shape({len(self.prompts): self.costs})
+        planner = AutoPlanner(self.costs, "oracle", self.max_gamma) if gamma == "auto" else None
+        variants = variants_by_shape(self.costs)
         generations = generate_speculative(self.nsa_model, self.prompts, self.params, frozenset(), factory,
                                            self.max_gamma if planner else int(gamma.removeprefix("γ=")), planner=planner,
                                            step_variants=variants, prefill_chunk=NSA_PREFILL_CHUNK)  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from specsa.config import StepVariant
-from specsa.orchestrate.costs import StepCosts, linear_costs
+from specsa.orchestrate.costs import LoopCosts, StepCosts, linear_costs
 from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.policy import AcceptanceTracker, choose, expected_committed
 
@@ -237,6 +237,22 @@ def test_costs_follow_the_number_of_sequences_still_running():
     planner.book_steps(3)
     assert planner.loop.corrections_ms() == pytest.approx({0: 0.5})
     assert planner.loop.current(1).target_ms[1] == pytest.approx(3.5)
+
+
+def test_a_width_left_for_long_is_measured_again():
+    """A width measured in a slow stretch of the GPU and then left keeps that stretch's
+    correction against widths measured since, unless it is forgotten and tried again."""
+    planner = AutoPlanner(FLAT, "ngram", 8)
+    for _ in range(3):
+        planner.observe_step(8, FLAT.step_ms("ngram", 8) + 1.0)  # a slow stretch
+    for _ in range(LoopCosts.forget_after):
+        planner.observe_step(4, FLAT.step_ms("ngram", 4))
+    planner.book_steps(1)
+    assert planner.loop.corrections_ms() == pytest.approx({4: 0.0, 8: 1.0})  # not yet
+    planner.observe_step(4, FLAT.step_ms("ngram", 4))
+    planner.book_steps(1)
+    assert planner.loop.corrections_ms() == pytest.approx({4: 0.0})
+    assert planner.loop.current(1).target_ms[9] == pytest.approx(FLAT.target_ms[5])  # no dearer than width 4: tried again
 
 
 def test_widths_not_taken_yet_are_planned_from_the_widths_beside_them():

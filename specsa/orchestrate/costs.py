@@ -54,10 +54,15 @@ class LoopCosts:
     one not taken yet at the correction of the widths taken beside it (interpolated). Until
     a width has been taken `settled_after` times it is assumed no dearer than the widest
     one taken below it, so that it is tried and measured, and one slow step (the same
-    graph replays vary by 10% in the loop) does not rule it out for good."""
+    graph replays vary by 10% in the loop) does not rule it out for good. A width not taken
+    for `forget_after` steps is forgotten, and so tried again: the GPU's speed drifts by
+    ~10% over seconds, and a width measured in a slow stretch and then left kept that
+    stretch's correction against widths measured since (1B, 16K, H100: `auto` verified 7
+    drafts in 119 of 129 steps where 8 paid 4% more)."""
 
     window = 16  # the recent steps a median is over
     settled_after = 3  # steps at a width before its own median may rank it dearer than a narrower one
+    forget_after = 2 * window  # steps without a width before its correction is dropped
 
     def __init__(self, profile: dict[int, StepCosts], drafter: str):
         """`profile`: the measured costs by batch size; `drafter` names the per-token
@@ -67,6 +72,8 @@ class LoopCosts:
         self.residuals: dict[int, deque[float]] = {}  # width -> wall - profiled ms of its recent steps
         self.corrections: dict[int, float] = {}  # width -> the median of its residuals, kept up to date
         self.step_ms: dict[int, list[float]] = {}  # width -> every step's wall time, for reports
+        self.steps = 0  # steps observed
+        self.last_taken: dict[int, int] = {}  # width -> the step it was last taken at
 
     def profiled(self, running: int) -> StepCosts:
         """The profile at the smallest measured batch holding `running` sequences (a
@@ -76,11 +83,20 @@ class LoopCosts:
     def observe(self, width: int, running: int, ms: float) -> None:
         """A whole step verifying `width` drafts per sequence (0: plain) for `running`
         sequences took `ms` of wall time."""
+        self.forget_stale()
         self.step_ms.setdefault(width, []).append(ms)
         residual = ms - self.profiled(running).step_ms(self.drafter if width else None, width)
         recent = self.residuals.setdefault(width, deque(maxlen=self.window))
         recent.append(residual)
         self.corrections[width] = statistics.median(recent)
+        self.last_taken[width] = self.steps
+        self.steps += 1
+
+    def forget_stale(self) -> None:
+        """Drops the corrections of widths not taken in the last `forget_after` steps."""
+        for width, step in list(self.last_taken.items()):
+            if self.steps - step > self.forget_after:
+                del self.residuals[width], self.corrections[width], self.last_taken[width]
 
     def corrections_ms(self) -> dict[int, float]:
         """Width -> the median of wall - profiled time over its recent steps. Medians, not

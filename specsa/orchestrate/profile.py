@@ -183,7 +183,7 @@ def saved_costs(profile: dict, length: int, batch: int) -> StepCosts:
     return StepCosts({int(t): ms for t, ms in point["target_ms"].items()}, point["draft_ms_per_token"], variants)
 
 
-def _buckets_up_to(batch: int) -> list[int]:
+def buckets_up_to(batch: int) -> list[int]:
     """The batch buckets a loop of `batch` sequences runs at as sequences finish."""
     return [b for b in BATCH_BUCKETS if b < batch] + [batch_bucket(batch)]
 
@@ -191,8 +191,8 @@ def _buckets_up_to(batch: int) -> list[int]:
 def profile_for(model: CausalLM, max_len: int, batch: int, max_gamma: int) -> dict[int, StepCosts]:
     """Batch bucket -> this GPU's step costs for contexts up to `max_len` (measured now if
     missing), at every batch bucket a loop of `batch` sequences runs at."""
-    costs = load_or_measure(model, [max_len], _buckets_up_to(batch), max_gamma)
-    return {b: costs[context_bucket(max_len), b] for b in _buckets_up_to(batch)}
+    costs = load_or_measure(model, [max_len], buckets_up_to(batch), max_gamma)
+    return {b: costs[context_bucket(max_len), b] for b in buckets_up_to(batch)}
 
 
 def saved_variants(model: CausalLM, max_len: int, batch: int) -> dict[tuple[int, int], StepVariant]:
@@ -203,7 +203,7 @@ def saved_variants(model: CausalLM, max_len: int, batch: int) -> dict[tuple[int,
     if not path.exists():
         return {}
     saved = json.loads(path.read_text())
-    return variants_by_shape({b: saved_costs(saved, max_len, b) for b in _buckets_up_to(batch)
+    return variants_by_shape({b: saved_costs(saved, max_len, b) for b in buckets_up_to(batch)
                               if f"{context_bucket(max_len)}:{b}" in saved})  # fmt: skip
 
 
