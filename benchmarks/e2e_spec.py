@@ -1,25 +1,30 @@
-"""End-to-end speculative decoding vs autoregressive NSA on the GPU, for a 1B-class Llama
-with RANDOM weights and an ORACLE drafter.
+"""End-to-end speculative decoding vs autoregressive NSA on the GPU, for 1B- and 8B-class
+Llamas with RANDOM weights and an ORACLE drafter.
 
 Random weights make real drafters' acceptance meaningless, so drafts come from the
 target's own greedy continuation (recorded by the autoregressive run), each position
 right, once reached, with the rates measured for prompt lookup (`ngram:8`) on SmolLM2 on
 real prompts (`--smollm2-bench`, a `specsa bench` report: all its `ngram:8` points pooled,
 a step without a match counted as a rejected first position), or a flat rate (0.8, or
-0.05 where speculation never pays). The oracle costs no draft time, like a prompt-lookup drafter with an index:
-these figures are the verification side's, labelled "oracle" everywhere.
+0.05 where speculation never pays). The oracle costs no draft time, like a prompt-lookup
+drafter with an index: these figures are the verification side's, labelled "oracle"
+everywhere.
 
 `auto` is `--spec auto`'s planner with this point's measured step costs (a profile taken
-in the run) and the acceptance it learns as it goes; fixed γ run their steps as the same
-profile found fastest (query group), so they differ from `auto` only in γ. Every strategy's tokens are compared with the autoregressive tokens (`token_match`, up to
+in the run, at every batch bucket the batch shrinks through as sequences finish) and the
+acceptance it learns as it goes; fixed γ run their steps as the same profile found fastest
+(query group), so they differ from `auto` only in γ. Every strategy's tokens are compared
+with the autoregressive tokens (`token_match`, up to
 the first difference; greedy `exact` differs only by bf16 rounding of near-ties, which
 random weights are full of). Past such a difference the oracle's verdict keeps the set
 acceptance (`Proposal.verdict`), so the cost measured stays the one asked for.
 Throughput = generated tokens / decode wall time; CUDA graphs on; prefill apart. The
-oracle's draw for a draft is keyed by the token it lands on and its draft position, so
-strategies meet the same luck (common random numbers) however their drafts fall.
+oracle's draw for a draft is keyed by the token it lands on, so strategies meet the same
+luck (common random numbers) however their drafts fall. With `--repeats N` every strategy
+runs N times in turn, repeat r with oracle seed r for all of them, and rows report the
+median decode time (`decode_s_runs` holds each run's).
 
-    python benchmarks/e2e_spec.py --out benchmarks/results/h100/e2e_spec.json
+    python benchmarks/e2e_spec.py --new-tokens 512 --repeats 3 --out benchmarks/results/h100/e2e_spec.json
 """
 
 from __future__ import annotations
