@@ -126,19 +126,20 @@ def main() -> None:
             costs = {}  # batch bucket -> step costs, at every bucket the batch shrinks through as sequences finish
             for bucket in buckets_up_to(batch):
                 measured = measure_step_costs(nsa_model, context, bucket, max_gamma)
-                costs[bucket] = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.variants)  # the oracle drafts for free
+                # the oracle drafts for free
+                costs[bucket] = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.variants)
                 record(dict(base, strategy="profile", bucket=bucket, target_ms=measured.target_ms,
                             variants={t: str(v) for t, v in measured.variants.items()}))
             runs = Runs(nsa_model, dense_model, prompts, reference, params, costs, max_gamma)
             strategies = ["ar-nsa", "ar-dense"] + [f"{name} {g}" for name in args.rates.split(",")
                                                    for g in ["auto"] + [f"γ={gamma}" for gamma in gammas]]  # fmt: skip
             decode_s = {strategy: [] for strategy in strategies}
-            last = {}
+            last = {}  # strategy -> (generations, planner) of its last run
             for repeat in range(args.repeats):  # every strategy in turn: the GPU's speed drifts over seconds
                 for strategy in strategies:
-                    rates = rate_sets.get(strategy.split()[0])
-                    last[strategy] = runs.decode(strategy, rates, seed=repeat)
-                    decode_s[strategy].append(last[strategy][0][0].decode_s)
+                    generations, planner = runs.decode(strategy, rate_sets.get(strategy.split()[0]), seed=repeat)
+                    last[strategy] = generations, planner
+                    decode_s[strategy].append(generations[0].decode_s)
             ar_s = statistics.median(decode_s["ar-nsa"])
             for strategy in strategies:
                 generations, planner = last[strategy]
@@ -147,11 +148,12 @@ def main() -> None:
                            tokens_per_s=batch * args.new_tokens / median_s, speedup_vs_ar_nsa=ar_s / median_s)  # fmt: skip
                 if strategy.startswith("oracle"):
                     row.update(acceptance_length=sum(g.stats.acceptance_length for g in generations) / batch,
-                               mean_step_ms=1e3 * median_s / generations[0].stats.target_forwards,
+                               mean_step_ms=1e3 * generations[0].decode_s / generations[0].stats.target_forwards,
                                token_match=token_match(generations, reference))  # fmt: skip
                 if planner is not None:
-                    row.update(planner.report(), policy_choice_at_true_rates=choose(
-                        costs[batch_bucket(batch)], {"oracle": rate_sets[strategy.split()[0]]}, max_gamma).gamma)  # fmt: skip
+                    true_rates = {"oracle": rate_sets[strategy.split()[0]]}
+                    row.update(planner.report(),
+                               policy_choice_at_true_rates=choose(costs[batch_bucket(batch)], true_rates, max_gamma).gamma)
                 record(row)
             torch.cuda.empty_cache()
 
@@ -171,9 +173,11 @@ class Runs:
     def decode(self, strategy: str, rates: list[float] | None, seed: int) -> tuple[list, AutoPlanner | None]:
         """(generations, `auto`'s planner). `seed`: the oracle's luck, shared by every
         strategy of one repeat."""
-        if strategy in ("ar-nsa", "ar-dense"):
-            model, chunk = (self.nsa_model, NSA_PREFILL_CHUNK) if strategy == "ar-nsa" else (self.dense_model, len(self.prompts[0]))
-            return generate(model, self.prompts, self.params, frozenset(), prefill_chunk=chunk), None
+        if strategy == "ar-nsa":
+            return generate(self.nsa_model, self.prompts, self.params, frozenset(), prefill_chunk=NSA_PREFILL_CHUNK), None
+        if strategy == "ar-dense":  # one SDPA pass per prompt
+            chunk = len(self.prompts[0])
+            return generate(self.dense_model, self.prompts, self.params, frozenset(), prefill_chunk=chunk), None
         vocab = self.nsa_model.config.vocab_size
         factory = lambda cache, g: OracleDrafter(self.prompts, self.reference, rates, vocab, seed=seed)  # noqa: E731
         gamma = strategy.split()[1]

@@ -83,7 +83,7 @@ class LoopCosts:
     def observe(self, width: int, running: int, ms: float) -> None:
         """A whole step verifying `width` drafts per sequence (0: plain) for `running`
         sequences took `ms` of wall time."""
-        self.forget_stale()
+        self._forget_stale()
         self.step_ms.setdefault(width, []).append(ms)
         residual = ms - self.profiled(running).step_ms(self.drafter if width else None, width)
         recent = self.residuals.setdefault(width, deque(maxlen=self.window))
@@ -92,7 +92,7 @@ class LoopCosts:
         self.last_taken[width] = self.steps
         self.steps += 1
 
-    def forget_stale(self) -> None:
+    def _forget_stale(self) -> None:
         """Drops the corrections of widths not taken in the last `forget_after` steps."""
         for width, step in list(self.last_taken.items()):
             if self.steps - step > self.forget_after:
