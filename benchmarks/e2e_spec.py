@@ -130,14 +130,14 @@ def main() -> None:
                 costs[bucket] = StepCosts(measured.target_ms, {"oracle": 0.0}, measured.variants)
                 record(dict(base, strategy="profile", bucket=bucket, target_ms=measured.target_ms,
                             variants={t: str(v) for t, v in measured.variants.items()}))
-            runs = Runs(nsa_model, dense_model, prompts, reference, params, costs, max_gamma)
+            runs = Runs(nsa_model, dense_model, prompts, reference, params, costs, max_gamma, rate_sets)
             strategies = ["ar-nsa", "ar-dense"] + [f"{name} {g}" for name in args.rates.split(",")
                                                    for g in ["auto"] + [f"γ={gamma}" for gamma in gammas]]  # fmt: skip
             decode_s = {strategy: [] for strategy in strategies}
             last = {}  # strategy -> (generations, planner) of its last run
             for repeat in range(args.repeats):  # every strategy in turn: the GPU's speed drifts over seconds
                 for strategy in strategies:
-                    generations, planner = runs.decode(strategy, rate_sets.get(strategy.split()[0]), seed=repeat)
+                    generations, planner = runs.decode(strategy, seed=repeat)
                     last[strategy] = generations, planner
                     decode_s[strategy].append(generations[0].decode_s)
             ar_s = statistics.median(decode_s["ar-nsa"])
@@ -169,18 +169,19 @@ class Runs:
     params: SamplingParams
     costs: dict[int, StepCosts]  # by batch bucket
     max_gamma: int
+    rate_sets: dict[str, list[float]]  # "oracle@…" -> acceptance by draft position
 
-    def decode(self, strategy: str, rates: list[float] | None, seed: int) -> tuple[list, AutoPlanner | None]:
-        """(generations, `auto`'s planner). `seed`: the oracle's luck, shared by every
-        strategy of one repeat."""
+    def decode(self, strategy: str, seed: int) -> tuple[list, AutoPlanner | None]:
+        """(generations, `auto`'s planner) of "ar-nsa", "ar-dense" or "<rates> auto|γ=k".
+        `seed`: the oracle's luck, shared by every strategy of one repeat."""
         if strategy == "ar-nsa":
             return generate(self.nsa_model, self.prompts, self.params, frozenset(), prefill_chunk=NSA_PREFILL_CHUNK), None
         if strategy == "ar-dense":  # one SDPA pass per prompt
             chunk = len(self.prompts[0])
             return generate(self.dense_model, self.prompts, self.params, frozenset(), prefill_chunk=chunk), None
-        vocab = self.nsa_model.config.vocab_size
+        rates_name, gamma = strategy.split()
+        rates, vocab = self.rate_sets[rates_name], self.nsa_model.config.vocab_size
         factory = lambda cache, g: OracleDrafter(self.prompts, self.reference, rates, vocab, seed=seed)  # noqa: E731
-        gamma = strategy.split()[1]
         planner = AutoPlanner(self.costs, "oracle", self.max_gamma) if gamma == "auto" else None
         variants = variants_by_shape(self.costs)
         generations = generate_speculative(self.nsa_model, self.prompts, self.params, frozenset(), factory,

@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from specsa.orchestrate.costs import StepCosts
+from specsa.orchestrate.costs import LoopCosts, StepCosts
 from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.profile import context_bucket, saved_costs
 from specsa.orchestrate.replay import replay
@@ -55,7 +55,7 @@ def at_running(by_batch: dict[int, StepCosts], host_ms: float) -> Callable[[int]
     made `auto` look 3% worse at 7.7K, batch 8 (0.928 against 0.959)."""
     overlapped = {batch: StepCosts({t: max(ms, host_ms) for t, ms in costs.target_ms.items()}, costs.draft_ms_per_token)
                   for batch, costs in by_batch.items()}  # fmt: skip
-    return lambda running: next((overlapped[b] for b in sorted(overlapped) if b >= running), overlapped[max(overlapped)])
+    return LoopCosts(overlapped, "ngram").profiled
 
 
 def compare(generations: list[tuple[list[int], list[int]]], profile: dict, host_ms: float) -> str:
