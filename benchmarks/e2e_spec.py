@@ -3,8 +3,8 @@ Llamas with RANDOM weights and an ORACLE drafter.
 
 Random weights make real drafters' acceptance meaningless, so drafts come from the
 target's own greedy continuation (recorded by the autoregressive run), each position
-right, once reached, with the rates measured for prompt lookup (`ngram:8`) on SmolLM2 on
-real prompts (`--smollm2-bench`, a `specsa bench` report: all its `ngram:8` points pooled,
+right, once reached, with the rates measured for prompt lookup on SmolLM2 on real prompts
+(`--smollm2-bench`, a `specsa bench` report: all points of its longest `ngram:K` pooled,
 a step without a match counted as a rejected first position), or a flat rate (0.8, or
 0.05 where speculation never pays). The oracle costs no draft time, like a prompt-lookup
 drafter with an index: these figures are the verification side's, labelled "oracle"
@@ -59,13 +59,17 @@ RATES = {"oracle@0.8": [0.8], "oracle@0.05": [0.05]}
 SMOLLM2_BENCH = Path(__file__).parent / "results/h100/smollm2_nsa/bench.json"
 
 
-def smollm2_rates(bench_json: Path, strategy: str = "ngram:8") -> list[float]:
+def smollm2_rates(bench_json: Path) -> list[float]:
     """The chance that each draft position is accepted once reached, pooled over the
-    report's `strategy` rows; steps where prompt lookup found no match count as a
-    rejected first position (the oracle always drafts)."""
-    rows = [r for r in json.loads(Path(bench_json).read_text())["rows"] if r["strategy"] == strategy]
-    if not rows or "reached_at" not in rows[0]:
-        raise SystemExit(f"{bench_json} has no {strategy} rows with acceptance counts; rerun `specsa bench` there.")
+    report's rows of its longest prompt-lookup draft (`ngram:K`, largest K); steps where
+    prompt lookup found no match count as a rejected first position (the oracle always
+    drafts)."""
+    report_rows = json.loads(Path(bench_json).read_text())["rows"]
+    lookups = [r["strategy"] for r in report_rows if r["strategy"].startswith("ngram:") and "reached_at" in r]
+    if not lookups:
+        raise SystemExit(f"{bench_json} has no ngram:K rows with acceptance counts; rerun `specsa bench` there.")
+    strategy = max(lookups, key=lambda name: int(name.split(":")[1]))
+    rows = [r for r in report_rows if r["strategy"] == strategy]
     reached = [sum(column) for column in zip(*(r["reached_at"] for r in rows))]
     accepted = [sum(column) for column in zip(*(r["accepted_at"] for r in rows))]
     reached[0] = sum(r["target_passes"] for r in rows)
@@ -88,6 +92,12 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rate_sets = {"oracle@smollm2-ngram": smollm2_rates(args.smollm2_bench), **RATES}
+    gammas = list(map(int, args.gammas.split(",")))
+    max_gamma = max(gammas)
+    for name in args.rates.split(","):
+        if 1 < len(rate_sets[name]) < max_gamma:
+            raise SystemExit(f"{name} has rates for {len(rate_sets[name])} draft positions, fewer than --gammas "
+                             f"reaches ({max_gamma}): give --smollm2-bench a report with ngram:{max_gamma}.")
     rows = []
     result = {
         "benchmark": "e2e_spec", "weights": "random", "drafter": "ORACLE (target's own continuation at set rates)",
@@ -106,8 +116,6 @@ def main() -> None:
 
     nsa_model, dense_model = random_model(MODELS[args.model], "nsa"), random_model(MODELS[args.model], "dense")
     vocab = nsa_model.config.vocab_size
-    gammas = list(map(int, args.gammas.split(",")))
-    max_gamma = max(gammas)
     params = SamplingParams(max_new_tokens=args.new_tokens)
     warm = [torch.randint(0, vocab, (2048,)).tolist()]  # compile every kernel variant once
     warm_params = SamplingParams(max_new_tokens=12)
