@@ -102,42 +102,54 @@ def nsa_paged(
     cmp_splits = 1
     cmp_part_o = cmp_part_ml = None
     if selected is None or not merged:
-        block_n = 64
+        block_n = max(64, page // cfg.cmp_stride)  # whole selection blocks a tile
         query_tile = min(_pow2(num_queries), max(1, MAX_TILE_ROWS // group_pad))
         query_tiles = math.ceil(num_queries / query_tile)
         cmp_splits = _splits_for(q.device, batch * query_tiles * num_kv_heads, math.ceil(capacity / block_n))
         chunk = math.ceil(capacity / cmp_splits / block_n) * block_n
         cmp_splits = math.ceil(capacity / chunk)
-        scores = torch.empty(rows, num_q_heads, capacity, **f32)
+        num_tiles = math.ceil(capacity / block_n)
+        num_block_parts = num_tiles * block_n // (page // cfg.cmp_stride)
+        own, spill = torch.empty(2, rows, num_q_heads, num_block_parts, **f32)
+        tile_max = torch.empty(rows, num_q_heads, num_tiles, **f32)
+        path_scores = torch.empty(rows, num_q_heads, num_path, **f32)
         cmp_part_o = torch.empty(rows, num_q_heads, cmp_splits, head_dim, **f32)
         cmp_part_ml = torch.empty(rows, num_q_heads, cmp_splits, 2, **f32)
         _cmp_partial_kernel[(batch * query_tiles, num_kv_heads, cmp_splits)](
-            q, k_cmp, v_cmp, slots, seq_lens, scores, cmp_part_o, cmp_part_ml, depths, k_path, v_path, num_queries,
-            num_path, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), scale,
-            C=capacity, CHUNK=chunk, CMP_SPLITS=cmp_splits, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride,
-            QUERY_TILE=query_tile, G=group, G_PAD=group_pad, ROWS=max(16, query_tile * group_pad), D=head_dim,
-            BLOCK_N=block_n, TREE=tree is not None, **pdl,
+            q, k_cmp, v_cmp, slots, seq_lens, own, spill, tile_max, path_scores, cmp_part_o, cmp_part_ml, depths, k_path,
+            v_path, num_queries, num_path, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1),
+            k_cmp.stride(2), scale, C=capacity, CHUNK=chunk, CMP_SPLITS=cmp_splits, NUM_BLOCK_PARTS=num_block_parts,
+            NUM_TILES=num_tiles, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page, QUERY_TILE=query_tile,
+            G=group, G_PAD=group_pad, ROWS=max(16, query_tile * group_pad), D=head_dim, BLOCK_N=block_n,
+            TREE=tree is not None, **pdl,
         )  # fmt: skip
 
     if selected is None:
+        # One warp a program once every SM has a few (query, KV head) rows' programs: the
+        # ranking kernels are chains of small dependent steps, and 4 warps only lengthened
+        # each (H100, 64K, B·T·Hkv = 576: the whole call 149 -> 129 µs by the candidates
+        # alone; select alone 129 -> 56 µs). With few programs 4 warps stay faster (batch
+        # 1, G = 16: 28 -> 38 µs with one).
+        ranking_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
         # 64 blocks a program: [G, 64] score tiles stay in registers.
         blocks_per_split = 64
         sel_splits = math.ceil(num_blocks / blocks_per_split)
         cand_block = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int32)
         cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, **f32)
         _block_candidates_kernel[(rows, num_kv_heads, sel_splits)](
-            seq_lens, scores, cmp_part_ml, cand_block, cand_key, depths, num_queries,
-            C=capacity, CMP_SPLITS=cmp_splits, CMP_SPLITS_PAD=_pow2(cmp_splits), CMP_BLOCK=cfg.cmp_block,
-            CMP_STRIDE=cfg.cmp_stride, PAGE=page, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
+            seq_lens, own, spill, tile_max, path_scores, cmp_part_ml, cand_block, cand_key, depths, num_queries, num_path,
+            CMP_SPLITS=cmp_splits, NUM_BLOCK_PARTS=num_block_parts, NUM_TILES=num_tiles,
+            CMP_SPLITS_PAD=_pow2(cmp_splits), CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page,
+            BLOCK_N=block_n, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
             NUM_SEL=cfg.num_selected, NUM_SEL_PAD=_pow2(cfg.num_selected), SHARE_GROUP=min(share_group, num_queries),
-            G=group, G_PAD=group_pad, TREE=tree is not None, **pdl,
+            G=group, G_PAD=group_pad, TREE=tree is not None, num_warps=ranking_warps, **pdl,
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
         num_candidates = sel_splits * cfg.num_selected
         rank_chunk = min(64, _pow2(num_candidates))
         _select_kernel[(rows * num_kv_heads, math.ceil(num_candidates / rank_chunk))](
             cand_block, cand_key, selected,
-            NUM_CAND=num_candidates, NUM_CAND_PAD=_pow2(num_candidates), CHUNK=rank_chunk, NUM_SEL=cfg.num_selected, **pdl,
+            NUM_CAND=num_candidates, CHUNK=rank_chunk, NUM_SEL=cfg.num_selected, num_warps=ranking_warps, **pdl,
         )  # fmt: skip
     elif selected.shape != (batch, num_queries, num_kv_heads, cfg.num_selected):
         raise ValueError(f"A reused selection must be [B, T, Hkv, n] = "

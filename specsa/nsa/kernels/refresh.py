@@ -1,6 +1,11 @@
 """The refresh step in Triton: the compressed branch, block importance and top-n selection
 for T queries per sequence (T = 1 decode, γ+1 verification, a prefill chunk).
 
+Block parts. Compressed token i covers stride-d sub-blocks i … i + l/d - 1, and selection
+block j is sub-blocks j·l'/d …, so token i adds to its own block i // (l'/d) ("own"
+weight) and, near the block's end, to the next one ("spill" weight); block j's score is
+own[j] + spill[j - 1], the same sums for every block, so tied blocks stay tied.
+
 Query t of sequence b sits at position seq_lens[b] - T + t (a chain), or, for a draft
 tree (`TREE`, `nsa/tree.py`), at seq_lens[b] - T + depth(t) with the compressed tokens of
 its own path past the prefix's; a "query row" is b·T + t.
@@ -8,10 +13,12 @@ its own path past the prefix's; a "query row" is b·T + t.
 1. `_cmp_partial_kernel`, grid (B·query tiles, Hkv, splits): the compressed branch of a
    tile of queries × the KV head's G query heads as one [rows, BLOCK_N] tile on the
    tensor cores (the compressed tokens are loaded once for all of them), split-K over the
-   compressed tokens; each query keeps its own causal limit. Raw scores are kept.
-2. `_block_candidates_kernel`, grid (B·T, Hkv, ranges): importance P from the merged
-   softmax, block scores (summed over a `shared` group's queries when asked), the range's
-   top n by pairwise ranks.
+   compressed tokens; each query keeps its own causal limit. Each tile's probabilities
+   leave the chip already summed per selection block ("block parts", below), against
+   the tile's running max: a quarter of the bytes of raw scores, read back contiguously.
+2. `_block_candidates_kernel`, grid (B·T, Hkv, ranges): block scores from the block parts
+   rescaled to the merged softmax (summed over a `shared` group's queries when asked),
+   the range's top n by pairwise ranks.
 3. `_select_kernel`, grid (B·T·Hkv, chunks): the global top n among the candidates.
 """
 
@@ -54,13 +61,26 @@ def _num_cmp_tokens(length, CMP_BLOCK: tl.constexpr, CMP_STRIDE: tl.constexpr):
 
 
 @triton.jit
+def _block_weights(CMP_BLOCK: tl.constexpr, CMP_STRIDE: tl.constexpr, PAGE: tl.constexpr):
+    """By a compressed token's sub-block r within its selection block: how many of its l/d
+    sub-blocks fall in that block (own) and in the next one (spill). [l'/d] fp32 each."""
+    o_r = tl.arange(0, PAGE // CMP_STRIDE)
+    b_own = tl.minimum(CMP_BLOCK // CMP_STRIDE, PAGE // CMP_STRIDE - o_r)
+    b_spill = tl.maximum(o_r + CMP_BLOCK // CMP_STRIDE - PAGE // CMP_STRIDE, 0)
+    return b_own.to(tl.float32), b_spill.to(tl.float32)
+
+
+@triton.jit
 def _cmp_partial_kernel(
     q_ptr,  # [B, T, Hq, D]
     k_cmp_ptr,  # [slots, C, Hkv, D]
     v_cmp_ptr,
     slots_ptr,  # [B] int32
     seq_lens_ptr,  # [B] int32, including the T new tokens
-    scores_ptr,  # [B·T, Hq, C] fp32: raw scores q·k̃ / √D, kept for the importance
+    own_ptr,  # [B·T, Hq, NUM_BLOCK_PARTS] fp32: block parts (module docstring), against…
+    spill_ptr,  # [B·T, Hq, NUM_BLOCK_PARTS] fp32
+    tile_max_ptr,  # [B·T, Hq, NUM_TILES] fp32: … each tile's running max
+    path_scores_ptr,  # [B·T, Hq, NUM_PATH] fp32 (TREE): raw scores of each node's own compressed tokens
     part_o_ptr,  # [B·T, Hq, CMP_SPLITS, D] fp32: unnormalised partial outputs
     part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2] fp32: (max, denominator)
     depths_ptr,  # [B·T] int32 (TREE): each node's depth
@@ -78,18 +98,24 @@ def _cmp_partial_kernel(
     C,
     CHUNK,  # compressed tokens per split, a multiple of BLOCK_N
     CMP_SPLITS,
+    NUM_BLOCK_PARTS,  # NUM_TILES · BLOCK_N / (l'/d)
+    NUM_TILES,  # ⌈C / BLOCK_N⌉
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
+    PAGE: tl.constexpr,
     QUERY_TILE: tl.constexpr,  # queries per program
     G: tl.constexpr,
     G_PAD: tl.constexpr,  # rows per query: G padded to a power of two
     ROWS: tl.constexpr,  # max(16, QUERY_TILE·G_PAD): the tile's rows
     D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # a multiple of l'/d
     TREE: tl.constexpr,  # the T queries are draft-tree nodes (`nsa/tree.py`), not a chain
     PDL: tl.constexpr,
 ):
     pdl_prologue(PDL)
+    SUBS_PER_BLOCK: tl.constexpr = PAGE // CMP_STRIDE
+    BLOCKS_PER_TILE: tl.constexpr = BLOCK_N // SUBS_PER_BLOCK
+    b_own_w, b_spill_w = _block_weights(CMP_BLOCK, CMP_STRIDE, PAGE)  # [l'/d] each
     num_tiles = tl.cdiv(num_queries, QUERY_TILE)
     i_b, i_tile = tl.program_id(0) // num_tiles, tl.program_id(0) % num_tiles
     i_h, i_split = tl.program_id(1), tl.program_id(2)
@@ -125,8 +151,14 @@ def _cmp_partial_kernel(
         b_v = tl.load(v_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)
         visible = o_n[None, :] < n_cmp[:, None]  # [ROWS, BLOCK_N]
         b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
-        tl.store(scores_ptr + rows[:, None] * C + o_n[None, :], b_s, mask=visible)
         b_m, b_l, b_acc = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
+        b_ref = tl.where(b_m == float("-inf"), 0.0, b_m)  # [ROWS] the max the tile's parts are against
+        b_p = tl.reshape(tl.exp(b_s - b_ref[:, None]), [ROWS, BLOCKS_PER_TILE, SUBS_PER_BLOCK])
+        o_part = start // SUBS_PER_BLOCK + tl.arange(0, BLOCKS_PER_TILE)  # [BLOCKS_PER_TILE]
+        p_part = rows[:, None] * NUM_BLOCK_PARTS + o_part[None, :]
+        tl.store(own_ptr + p_part, tl.sum(b_p * b_own_w[None, None, :], 2), mask=m_r[:, None])
+        tl.store(spill_ptr + p_part, tl.sum(b_p * b_spill_w[None, None, :], 2), mask=m_r[:, None])
+        tl.store(tile_max_ptr + rows * NUM_TILES + start // BLOCK_N, b_ref, mask=m_r)
     if TREE:
         if i_split == 0:  # each node's own compressed tokens, one per row, after the prefix's
             for e in range(0, num_path):
@@ -136,7 +168,7 @@ def _cmp_partial_kernel(
                 b_v = tl.load(v_path_ptr + p_path[:, None] + o_d[None, :], mask=m_e[:, None], other=0.0)
                 b_s = tl.sum(b_q.to(tl.float32) * b_k.to(tl.float32), 1) * scale
                 b_s = tl.where(m_e, b_s, float("-inf"))  # [ROWS]
-                tl.store(scores_ptr + rows * C + n_prefix + e, b_s, mask=m_e)
+                tl.store(path_scores_ptr + rows * num_path + e, b_s, mask=m_e)
                 b_m, b_l, b_acc = _online_softmax_row_step(b_s, b_m, b_l, b_acc, b_v)
     part = rows * CMP_SPLITS + i_split  # [ROWS]
     tl.store(part_o_ptr + part[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
@@ -162,25 +194,33 @@ def _by_rank(rank, keep, b_value, o_slot, empty):
 
 @triton.jit
 def _query_block_scores(
-    scores_ptr,
+    own_ptr,
+    spill_ptr,
+    tile_max_ptr,
+    path_scores_ptr,
     cmp_part_ml_ptr,
     row0,  # the query's first row of [B·T, Hq] for this KV head
     position,
+    n_cached,  # compressed tokens of this query in the cache (all of them, but a tree node's own)
+    num_path,  # NUM_PATH (TREE)
     o_j,  # [BLOCKS_PER_SPLIT] block indices
-    C,
     CMP_SPLITS,
+    NUM_BLOCK_PARTS,
+    NUM_TILES,
     CMP_SPLITS_PAD: tl.constexpr,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     PAGE: tl.constexpr,
-    NUM_BLOCKS,
+    BLOCK_N: tl.constexpr,
     BLOCKS_PER_SPLIT: tl.constexpr,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
+    TREE: tl.constexpr,
 ):
     """Σ_i w(i, j)·P[i] for the blocks o_j: the group's importance P from the softmax over
     the query's compressed tokens, its max and denominator merged from step 1's splits."""
-    n_cmp = _num_cmp_tokens(position + 1, CMP_BLOCK, CMP_STRIDE)
+    SUBS_PER_BLOCK: tl.constexpr = PAGE // CMP_STRIDE
+    BLOCKS_PER_TILE: tl.constexpr = BLOCK_N // SUBS_PER_BLOCK
     o_g = tl.arange(0, G_PAD)
     m_g = o_g < G
     rows = row0 + o_g  # [G_PAD]
@@ -192,33 +232,55 @@ def _query_block_scores(
     b_w = tl.where(b_m_parts > float("-inf"), tl.exp(b_m_parts - b_m[:, None]), 0.0)
     b_l = tl.sum(b_w * tl.load(p_part + 1, mask=m_part, other=0.0), 1)
 
-    # Block j is stride-d sub-blocks j·l'/d …; token i covers sub-blocks i … i + l/d - 1.
-    b_score = tl.zeros([BLOCKS_PER_SPLIT], tl.float32)
-    for shift in tl.static_range(CMP_BLOCK // CMP_STRIDE):
-        for sub in tl.static_range(PAGE // CMP_STRIDE):
-            token = o_j * (PAGE // CMP_STRIDE) + sub - shift
-            valid = m_g[:, None] & ((token >= 0) & (token < n_cmp) & (o_j < NUM_BLOCKS))[None, :]
-            b_s = tl.load(scores_ptr + rows[:, None] * C + token[None, :], mask=valid, other=0.0)  # [G_PAD, BPS]
-            b_p = tl.where(valid, tl.exp(b_s - b_m[:, None]) / b_l[:, None], 0.0)
-            b_score += tl.sum(b_p, 0)
-    return b_score
+    # Block j: its own tokens' parts and the spill of block j - 1, each rescaled from its
+    # tile's max to the merged one. Only tiles holding one of the query's tokens were written.
+    m_own = m_g[:, None] & (o_j * SUBS_PER_BLOCK < n_cached)[None, :]  # [G_PAD, BPS]
+    m_spill = m_g[:, None] & ((o_j >= 1) & ((o_j - 1) * SUBS_PER_BLOCK < n_cached))[None, :]
+    p_row = rows[:, None] * NUM_BLOCK_PARTS
+    p_max = rows[:, None] * NUM_TILES
+    b_own = tl.load(own_ptr + p_row + o_j[None, :], mask=m_own, other=0.0)  # [G_PAD, BPS]
+    b_own_max = tl.load(tile_max_ptr + p_max + (o_j // BLOCKS_PER_TILE)[None, :], mask=m_own, other=0.0)
+    b_spill = tl.load(spill_ptr + p_row + (o_j - 1)[None, :], mask=m_spill, other=0.0)
+    b_spill_max = tl.load(tile_max_ptr + p_max + ((o_j - 1) // BLOCKS_PER_TILE)[None, :], mask=m_spill, other=0.0)
+    b_p = tl.where(m_own, b_own * tl.exp(b_own_max - b_m[:, None]), 0.0)
+    b_p += tl.where(m_spill, b_spill * tl.exp(b_spill_max - b_m[:, None]), 0.0)
+    if TREE:  # a node's own compressed tokens, past the prefix's: raw scores
+        b_own_w, b_spill_w = _block_weights(CMP_BLOCK, CMP_STRIDE, PAGE)
+        n_path = _num_cmp_tokens(position + 1, CMP_BLOCK, CMP_STRIDE) - n_cached
+        for e in range(0, num_path):
+            token = n_cached + e
+            b_s = tl.load(path_scores_ptr + rows * num_path + e, mask=m_g & (e < n_path), other=float("-inf"))  # [G_PAD]
+            b_pe = tl.where(b_s > float("-inf"), tl.exp(b_s - b_m), 0.0)  # [G_PAD]
+            r = token % SUBS_PER_BLOCK
+            own_w = tl.sum(tl.where(tl.arange(0, SUBS_PER_BLOCK) == r, b_own_w, 0.0), 0)
+            spill_w = tl.sum(tl.where(tl.arange(0, SUBS_PER_BLOCK) == r, b_spill_w, 0.0), 0)
+            weight = tl.where(o_j == token // SUBS_PER_BLOCK, own_w, 0.0)
+            weight += tl.where(o_j == token // SUBS_PER_BLOCK + 1, spill_w, 0.0)  # [BPS]
+            b_p += b_pe[:, None] * weight[None, :]
+    return tl.sum(b_p / b_l[:, None], 0)
 
 
 @triton.jit
 def _block_candidates_kernel(
     seq_lens_ptr,  # [B] int32
-    scores_ptr,  # [B·T, Hq, C] fp32 from _cmp_partial_kernel
+    own_ptr,  # [B·T, Hq, NUM_BLOCK_PARTS] fp32: block parts from _cmp_partial_kernel
+    spill_ptr,
+    tile_max_ptr,  # [B·T, Hq, NUM_TILES] fp32
+    path_scores_ptr,  # [B·T, Hq, NUM_PATH] fp32 (TREE)
     cmp_part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2]
     cand_block_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] int32: local top-n blocks, -1 pads
     cand_key_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] fp32: their ranking keys
     depths_ptr,  # [B·T] int32 (TREE): each node's depth
     num_queries,  # T
-    C,
+    num_path,  # NUM_PATH (TREE)
     CMP_SPLITS,
+    NUM_BLOCK_PARTS,
+    NUM_TILES,
     CMP_SPLITS_PAD: tl.constexpr,
     CMP_BLOCK: tl.constexpr,
     CMP_STRIDE: tl.constexpr,
     PAGE: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # _cmp_partial_kernel's tile
     NUM_BLOCKS,
     BLOCKS_PER_SPLIT: tl.constexpr,
     NUM_SEL: tl.constexpr,
@@ -251,9 +313,15 @@ def _block_candidates_kernel(
                 position = t
             else:
                 position = first_position + other
+            if TREE:
+                n_cached = _num_cmp_tokens(first_position, CMP_BLOCK, CMP_STRIDE)
+            else:
+                n_cached = _num_cmp_tokens(position + 1, CMP_BLOCK, CMP_STRIDE)
             b_score += _query_block_scores(
-                scores_ptr, cmp_part_ml_ptr, ((i_b * num_queries + other) * num_kv_heads + i_h) * G, position, o_j,
-                C, CMP_SPLITS, CMP_SPLITS_PAD, CMP_BLOCK, CMP_STRIDE, PAGE, NUM_BLOCKS, BLOCKS_PER_SPLIT, G, G_PAD,
+                own_ptr, spill_ptr, tile_max_ptr, path_scores_ptr, cmp_part_ml_ptr,
+                ((i_b * num_queries + other) * num_kv_heads + i_h) * G, position, n_cached, num_path, o_j,
+                CMP_SPLITS, NUM_BLOCK_PARTS, NUM_TILES, CMP_SPLITS_PAD, CMP_BLOCK, CMP_STRIDE, PAGE, BLOCK_N,
+                BLOCKS_PER_SPLIT, G, G_PAD, TREE,
             )  # fmt: skip
 
     current = t // PAGE
@@ -274,7 +342,6 @@ def _select_kernel(
     cand_key_ptr,  # [B·T·Hkv, NUM_CAND] fp32
     selected_ptr,  # [B·T·Hkv, NUM_SEL] int32: rank order, -1 pads
     NUM_CAND,
-    NUM_CAND_PAD: tl.constexpr,
     CHUNK: tl.constexpr,
     NUM_SEL: tl.constexpr,
     PDL: tl.constexpr,
@@ -289,7 +356,7 @@ def _select_kernel(
     m_c = o_c < NUM_CAND
     b_key = tl.load(cand_key_ptr + base + o_c, mask=m_c, other=float("-inf"))
     rank = tl.zeros([CHUNK], tl.int32)
-    for other in tl.static_range(0, NUM_CAND_PAD, CHUNK):
+    for other in range(0, NUM_CAND, CHUNK):
         o_k = other + tl.arange(0, CHUNK)
         b_other = tl.load(cand_key_ptr + base + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
         rank += _count_beaten_by(b_key, o_c, b_other, o_k)
