@@ -54,11 +54,15 @@ class LoopCosts:
     one not taken yet at the correction of the widths taken beside it (interpolated). Until
     a width has been taken `settled_after` times it is assumed no dearer than the widest
     one taken below it, so that it is tried and measured, and one slow step (the same
-    graph replays vary by 10% in the loop) does not rule it out for good. A width not taken
-    for `forget_after` steps is forgotten, and so tried again: the GPU's speed drifts by
-    ~10% over seconds, and a width measured in a slow stretch and then left kept that
-    stretch's correction against widths measured since (1B, 16K, H100: `auto` verified 7
-    drafts in 119 of 129 steps where 8 paid 4% more)."""
+    graph replays vary by 10% in the loop) does not rule it out for good; but no cheaper
+    than its profiled time, which the loop adds host work to and does not take from: a
+    17-token step assumed as cheap as a 2-token one looked worth trying at 5% acceptance,
+    and kept being tried (1B 64K, up to 16 drafts, simulated: 0.92× plain decoding; 1.00×
+    with the profile as the floor). A width not taken for `forget_after` steps is
+    forgotten, and so planned again as if never taken: the GPU's speed drifts by ~10% over
+    seconds, and a width measured in a slow stretch and then left kept that stretch's
+    correction against widths measured since (1B, 16K, H100: `auto` verified 7 drafts in
+    119 of 129 steps where 8 paid 4% more)."""
 
     window = 16  # the recent steps a median is over
     settled_after = 3  # steps at a width before its own median may rank it dearer than a narrower one
@@ -117,8 +121,8 @@ class LoopCosts:
         profiled = self.profiled(running)
         taken = sorted(width for width in self.corrections if width)  # speculative widths measured
         target_ms, widest_taken_ms, below = {}, None, -1  # below: index in `taken` of the last one ≤ width
-        for query_len, ms in sorted(profiled.target_ms.items()):
-            width = query_len - 1
+        for query_len, profiled_ms in sorted(profiled.target_ms.items()):
+            width, ms = query_len - 1, profiled_ms
             while below + 1 < len(taken) and taken[below + 1] <= width:
                 below += 1
             if width == 0 or width in self.corrections:
@@ -128,7 +132,7 @@ class LoopCosts:
                                          taken[below + 1] if below + 1 < len(taken) else None)  # fmt: skip
             steps = len(self.residuals.get(width, ()))
             if width and steps < self.settled_after and widest_taken_ms is not None:
-                ms = min(ms, widest_taken_ms)
+                ms = min(ms, max(widest_taken_ms, profiled_ms))
             if width and steps:
                 widest_taken_ms = ms
             target_ms[query_len] = ms
