@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model for draft:γ, and for auto to weigh against prompt lookup (same vocabulary as --model)")
     bench.add_argument("--num-speculative-tokens", type=int, default=8, help="longest draft `auto` may choose")
     bench.add_argument("--num-prompts", type=int, default=None,
-                       help="prompts every point decodes, a batch at a time (default: the largest batch)")
+                       help="prompts every point decodes, a batch at a time (default: 8, or the fewest above "
+                            "that every batch size divides)")
     bench.add_argument("--same-text", action="store_true",
                        help="prompt lookup drafts from the autoregressive run's text, which decides acceptance: "
                             "strategies timed on one text (bf16 rounding sends each onto its own otherwise)")

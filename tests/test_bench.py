@@ -8,7 +8,7 @@ import json
 import pytest
 
 from specsa.cli import main
-from specsa.orchestrate.bench import parse_strategies
+from specsa.orchestrate.bench import default_num_prompts, parse_strategies
 
 SPARSE_FLAGS = ["--nsa-cmp-block", "8", "--nsa-cmp-stride", "4", "--nsa-sel-block", "16", "--nsa-num-selected", "3",
                 "--nsa-window", "16"]  # fmt: skip
@@ -17,7 +17,7 @@ SPARSE_FLAGS = ["--nsa-cmp-block", "8", "--nsa-cmp-stride", "4", "--nsa-sel-bloc
 def test_bench_writes_json_markdown_and_plot(tiny_llama, tmp_path, capsys):
     out = tmp_path / "report"
     code = main(["bench", "--model", str(tiny_llama), "--contexts", "40,70", "--batches", "1,2", "--max-new-tokens", "6",
-                 "--strategies", "ngram:2,auto,oracle:0.9:3", "--out", str(out), *SPARSE_FLAGS])  # fmt: skip
+                 "--strategies", "ngram:2,auto,oracle:0.9:3", "--num-prompts", "2", "--out", str(out), *SPARSE_FLAGS])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert len(rows) == 2 * 2 * 4  # the AR baseline is always added
@@ -35,7 +35,7 @@ def test_bench_writes_json_markdown_and_plot(tiny_llama, tmp_path, capsys):
 def test_bench_repeats_report_the_median_run(tiny_llama, tmp_path, capsys):
     out = tmp_path / "report"
     code = main(["bench", "--model", str(tiny_llama), "--contexts", "40", "--batches", "1", "--max-new-tokens", "4",
-                 "--strategies", "ngram:2", "--repeats", "3", "--out", str(out), *SPARSE_FLAGS])  # fmt: skip
+                 "--strategies", "ngram:2", "--repeats", "3", "--num-prompts", "1", "--out", str(out), *SPARSE_FLAGS])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "bench.json").read_text())["rows"]
     for row in rows:
@@ -53,7 +53,7 @@ def test_bench_with_a_draft_model(tiny_llama, tmp_path, capsys):
     no profile, it decodes plainly and never runs it)."""
     out = tmp_path / "report"
     code = main(["bench", "--model", str(tiny_llama), "--draft-model", str(tiny_llama), "--contexts", "40",
-                 "--batches", "2", "--max-new-tokens", "5", "--strategies", "draft:3,auto", "--out", str(out),
+                 "--batches", "2", "--max-new-tokens", "5", "--strategies", "draft:3,auto", "--num-prompts", "2", "--out", str(out),
                  *SPARSE_FLAGS])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     rows = {r["strategy"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
@@ -90,7 +90,7 @@ def test_same_text_takes_the_steps_prompt_lookup_takes_on_the_autoregressive_tex
         out = tmp_path / str(same_text)
         flags = ["--same-text"] if same_text else []
         code = main(["bench", "--model", str(tiny_llama), "--contexts", "60", "--batches", "1,2", "--max-new-tokens", "24",
-                     "--strategies", "ngram:3,auto", "--out", str(out), *flags, *SPARSE_FLAGS])  # fmt: skip
+                     "--strategies", "ngram:3,auto", "--num-prompts", "2", "--out", str(out), *flags, *SPARSE_FLAGS])  # fmt: skip
         assert code == 0, capsys.readouterr().err
         report = json.loads((out / "bench.json").read_text())
         assert report["same_text"] == same_text and ("SAME TEXT" in report["title"]) == same_text
@@ -102,3 +102,10 @@ def test_same_text_takes_the_steps_prompt_lookup_takes_on_the_autoregressive_tex
     assert main(["bench", "--model", str(tiny_llama), "--draft-model", str(tiny_llama), "--same-text", "--contexts", "60",
                  "--out", str(tmp_path / "refused"), *SPARSE_FLAGS]) != 0  # fmt: skip
     assert "it does not judge a draft model" in capsys.readouterr().err
+
+
+def test_a_point_decodes_at_least_eight_prompts_unless_told():
+    assert default_num_prompts([1]) == 8
+    assert default_num_prompts([1, 2, 8]) == 8
+    assert default_num_prompts([3]) == 9  # every batch size divides it
+    assert default_num_prompts([16]) == 16

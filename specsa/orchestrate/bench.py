@@ -17,6 +17,7 @@ autoregressive run's text (`spec/reference_lookup.py`), labelled as such.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import platform
 import sysconfig
@@ -114,11 +115,21 @@ def acceptance_report(results: list[SpecGeneration]) -> dict:
             "acceptance_by_position": [round(a / r, 4) if r else None for a, r in zip(accepted, reached)]}  # fmt: skip
 
 
+DEFAULT_PROMPTS = 8  # prompts a point decodes unless told (`run_bench` says why one is too few)
+
+
+def default_num_prompts(batches: list[int]) -> int:
+    """The fewest prompts from `DEFAULT_PROMPTS` on that every batch size divides: one
+    generation a point at batch 1 says more about its prompt than about the strategy."""
+    step = math.lcm(*batches)
+    return step * math.ceil(DEFAULT_PROMPTS / step)
+
+
 def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: list[int], batches: list[int],
               max_new_tokens: int, repeats: int = 1, draft_model: CausalLM | None = None,
               num_prompts: int | None = None, same_text: bool = False) -> list[dict]:  # fmt: skip
     """A row per (context, batch, strategy). Every point decodes the same `num_prompts`
-    prompts (default: the largest batch), `batch` at a time, and reports their tokens
+    prompts (default: `default_num_prompts`), `batch` at a time, and reports their tokens
     over the sum of the batches' decode times: at batch 1 one 256-token generation
     decides too little (replayed, `auto` / the best fixed strategy ranges 0.93-1.11
     over 24 prompts). With `repeats` > 1 every strategy, the autoregressive baseline
@@ -133,7 +144,7 @@ def run_bench(model: CausalLM, tokenizer, strategies: list[Strategy], contexts: 
     if same_text and draft_model is not None:
         raise ValueError("--same-text runs prompt lookup on the autoregressive text; it does not judge a draft model. "
                          "Drop --draft-model or --same-text.")  # fmt: skip
-    num_prompts = num_prompts or max(batches)
+    num_prompts = num_prompts or default_num_prompts(batches)
     if any(num_prompts % batch for batch in batches):
         raise ValueError(f"--num-prompts {num_prompts} must be a multiple of every batch size ({batches}): "
                          "each point decodes the same prompts, a batch at a time.")  # fmt: skip
