@@ -61,13 +61,12 @@ def _num_cmp_tokens(length, CMP_BLOCK: tl.constexpr, CMP_STRIDE: tl.constexpr):
 
 
 @triton.jit
-def _block_weights(CMP_BLOCK: tl.constexpr, CMP_STRIDE: tl.constexpr, PAGE: tl.constexpr):
-    """By a compressed token's sub-block r within its selection block: how many of its l/d
-    sub-blocks fall in that block (own) and in the next one (spill). [l'/d] fp32 each."""
-    o_r = tl.arange(0, PAGE // CMP_STRIDE)
-    b_own = tl.minimum(CMP_BLOCK // CMP_STRIDE, PAGE // CMP_STRIDE - o_r)
-    b_spill = tl.maximum(o_r + CMP_BLOCK // CMP_STRIDE - PAGE // CMP_STRIDE, 0)
-    return b_own.to(tl.float32), b_spill.to(tl.float32)
+def _block_weights(r, CMP_BLOCK: tl.constexpr, CMP_STRIDE: tl.constexpr, PAGE: tl.constexpr):
+    """For a compressed token starting at sub-block r of its selection block: how many of
+    its l/d sub-blocks fall in that block (own) and in the next one (spill), as fp32."""
+    own = tl.minimum(CMP_BLOCK // CMP_STRIDE, PAGE // CMP_STRIDE - r)
+    spill = tl.maximum(r + CMP_BLOCK // CMP_STRIDE - PAGE // CMP_STRIDE, 0)
+    return own.to(tl.float32), spill.to(tl.float32)
 
 
 @triton.jit
@@ -115,7 +114,7 @@ def _cmp_partial_kernel(
     pdl_prologue(PDL)
     SUBS_PER_BLOCK: tl.constexpr = PAGE // CMP_STRIDE
     BLOCKS_PER_TILE: tl.constexpr = BLOCK_N // SUBS_PER_BLOCK
-    b_own_w, b_spill_w = _block_weights(CMP_BLOCK, CMP_STRIDE, PAGE)  # [l'/d] each
+    b_own_w, b_spill_w = _block_weights(tl.arange(0, SUBS_PER_BLOCK), CMP_BLOCK, CMP_STRIDE, PAGE)  # [l'/d] each
     num_tiles = tl.cdiv(num_queries, QUERY_TILE)
     i_b, i_tile = tl.program_id(0) // num_tiles, tl.program_id(0) % num_tiles
     i_h, i_split = tl.program_id(1), tl.program_id(2)
@@ -245,15 +244,12 @@ def _query_block_scores(
     b_p = tl.where(m_own, b_own * tl.exp(b_own_max - b_m[:, None]), 0.0)
     b_p += tl.where(m_spill, b_spill * tl.exp(b_spill_max - b_m[:, None]), 0.0)
     if TREE:  # a node's own compressed tokens, past the prefix's: raw scores
-        b_own_w, b_spill_w = _block_weights(CMP_BLOCK, CMP_STRIDE, PAGE)
         n_path = _num_cmp_tokens(position + 1, CMP_BLOCK, CMP_STRIDE) - n_cached
         for e in range(0, num_path):
             token = n_cached + e
             b_s = tl.load(path_scores_ptr + rows * num_path + e, mask=m_g & (e < n_path), other=float("-inf"))  # [G_PAD]
             b_pe = tl.where(b_s > float("-inf"), tl.exp(b_s - b_m), 0.0)  # [G_PAD]
-            r = token % SUBS_PER_BLOCK
-            own_w = tl.sum(tl.where(tl.arange(0, SUBS_PER_BLOCK) == r, b_own_w, 0.0), 0)
-            spill_w = tl.sum(tl.where(tl.arange(0, SUBS_PER_BLOCK) == r, b_spill_w, 0.0), 0)
+            own_w, spill_w = _block_weights(token % SUBS_PER_BLOCK, CMP_BLOCK, CMP_STRIDE, PAGE)
             weight = tl.where(o_j == token // SUBS_PER_BLOCK, own_w, 0.0)
             weight += tl.where(o_j == token // SUBS_PER_BLOCK + 1, spill_w, 0.0)  # [BPS]
             b_p += b_pe[:, None] * weight[None, :]
