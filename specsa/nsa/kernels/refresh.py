@@ -14,8 +14,8 @@ its own path past the prefix's; a "query row" is b·T + t.
    tile of queries × the KV head's G query heads as one [rows, BLOCK_N] tile on the
    tensor cores (the compressed tokens are loaded once for all of them), split-K over the
    compressed tokens; each query keeps its own causal limit. Each tile's probabilities
-   leave the chip already summed per selection block ("block parts", below), against
-   the tile's running max: a quarter of the bytes of raw scores, read back contiguously.
+   leave the chip already summed per selection block (the block parts above), against
+   the tile's running max: half the bytes of raw scores, read back contiguously.
 2. `_block_candidates_kernel`, grid (B·T, Hkv, ranges): block scores from the block parts
    rescaled to the merged softmax (summed over a `shared` group's queries when asked),
    the range's top n by pairwise ranks.
