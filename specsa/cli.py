@@ -12,6 +12,9 @@ from pathlib import Path
 from specsa.errors import ModelLoadError
 from specsa.model.registry import DEFAULT_MODEL
 
+AUTO_REACH = 8  # the longest draft `auto` may verify unless told; it verifies fewer where they do not pay
+FIXED_DRAFT = 4  # tokens a fixed drafter drafts every step unless told
+
 NSA_FLAGS = {  # flag -> NSAConfig field
     "--nsa-cmp-block": "cmp_block",
     "--nsa-cmp-stride": "cmp_stride",
@@ -38,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--spec", default="auto", choices=["auto", "off", "ngram", "self", "draft"],
                       help="drafter; auto (default) drafts by prompt lookup (and by --draft-model if given) "
                            "only when this GPU's measured step costs and the acceptance so far say it pays")  # fmt: skip
-    spec.add_argument("--num-speculative-tokens", type=int, default=4, help="K: tokens drafted per step (auto: at most)")
+    spec.add_argument("--num-speculative-tokens", type=int, default=None,
+                      help=f"K: tokens drafted per step (default {FIXED_DRAFT}); auto: at most (default {AUTO_REACH})")
     spec.add_argument("--draft-model", default=None, help="model for --spec draft, or for auto to weigh against prompt lookup "
                                                                  "(same vocabulary as --model)")  # fmt: skip
     spec.add_argument("--ngram-min", type=int, default=1, help="shortest suffix --spec ngram looks up")
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(prof)
     prof.add_argument("--contexts", default="4096,16384,65536", help="context lengths (rounded up to powers of two)")
     prof.add_argument("--batches", default="1,8")
-    prof.add_argument("--num-speculative-tokens", type=int, default=4, help="longest draft to measure")
+    prof.add_argument("--num-speculative-tokens", type=int, default=AUTO_REACH, help="longest draft to measure")
 
     bench = commands.add_parser("bench", help="autoregressive vs speculative strategies vs auto, on real text")
     add_model_arguments(bench)
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ar, auto, ngram:γ, draft:γ, oracle:RATE:γ (the oracle is for random-weight models)")  # fmt: skip
     bench.add_argument("--draft-model", default=None,
                        help="model for draft:γ, and for auto to weigh against prompt lookup (same vocabulary as --model)")
-    bench.add_argument("--num-speculative-tokens", type=int, default=8, help="longest draft `auto` may choose")
+    bench.add_argument("--num-speculative-tokens", type=int, default=AUTO_REACH, help="longest draft `auto` may choose")
     bench.add_argument("--num-prompts", type=int, default=None,
                        help="prompts every point decodes, a batch at a time (default: 8, or the fewest above "
                             "that every batch size divides)")
@@ -275,6 +279,8 @@ def run_generate(args: argparse.Namespace) -> None:
 
     prompts = read_prompts(args)
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    if args.num_speculative_tokens is None:
+        args.num_speculative_tokens = AUTO_REACH if args.spec == "auto" else FIXED_DRAFT
     check_spec_args(args)
     if args.prefill_chunk < 1:
         raise ValueError(f"--prefill-chunk must be at least 1, got {args.prefill_chunk}.")

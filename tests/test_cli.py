@@ -105,6 +105,16 @@ def test_speculative_json_reports_acceptance(capsys, tiny_llama):
         assert key in record
 
 
+@pytest.mark.parametrize("spec, drafted_at_most", [("auto", 8), ("ngram", 4)])
+def test_the_draft_length_defaults_by_strategy(capsys, tiny_llama, spec, drafted_at_most):
+    """`auto` verifies fewer drafts where they do not pay, so it may reach further than a
+    fixed drafter, which always drafts its K."""
+    code, out, err = run(capsys, "generate", "--model", str(tiny_llama), "--prompt", "w1 w2 w1 w2", "--max-new-tokens",
+                         "2", "--json", "--spec", spec, *SPARSE_FLAGS)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["num_speculative_tokens"] == drafted_at_most
+
+
 def test_auto_with_a_draft_model_runs_and_reports_it(capsys, tiny_llama):
     """On the CPU (no profile: a step of T tokens costs T decodes) `auto` decodes plainly,
     with the draft model ready beside prompt lookup and none of its steps taken."""
