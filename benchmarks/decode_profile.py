@@ -2,8 +2,8 @@
 for one shape: `--queries` T per sequence (1 = decode, γ+1 = verification). Kernels run
 without programmatic dependent launch here: with it, each kernel starts early and waits
 on chip for the one before, and the profiler counts that wait as its time (v12, the 1B
-model's decode step at 64K, batch 8, 16 layers: the candidates kernel "took" 0.61 ms with PDL, 0.13
-without).
+model's decode step at 64K, batch 8, 16 layers: the candidates kernel "took" 0.61 ms with
+PDL, 0.13 without).
 
     python benchmarks/decode_profile.py --context 65536 --batch 1 --hq 32 --hkv 8 --d 128 --queries 8
 """
