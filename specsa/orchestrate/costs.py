@@ -54,11 +54,11 @@ class LoopCosts:
     one not taken yet at the correction of the widths taken beside it (interpolated). Until
     a width has been taken `settled_after` times it is assumed no dearer than the widest
     one taken below it, so that it is tried and measured, and one slow step (the same
-    graph replays vary by 10% in the loop) does not rule it out for good; but no cheaper
-    than its profiled time, which the loop adds host work to and does not take from: a
-    17-token step assumed as cheap as a 2-token one looked worth trying at 5% acceptance,
-    and kept being tried (1B 64K, up to 16 drafts, simulated: 0.92× plain decoding; 1.00×
-    with the profile as the floor). A width not taken for `forget_after` steps is
+    graph replays vary by 10% in the loop) does not rule it out for good; but that
+    assumption never takes it below its profiled time, which the loop adds host work to
+    and does not take from: a 17-token step assumed as cheap as a 2-token one looked worth
+    trying at 5% acceptance, and kept being tried (1B 64K, up to 16 drafts, simulated:
+    0.92× plain decoding; 1.00× with the profile as the floor). A width not taken for `forget_after` steps is
     forgotten, and so planned again as if never taken: the GPU's speed drifts by ~10% over
     seconds, and a width measured in a slow stretch and then left kept that stretch's
     correction against widths measured since (1B, 16K, H100: `auto` verified 7 drafts in
