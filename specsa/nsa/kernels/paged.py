@@ -112,7 +112,7 @@ def nsa_paged(
         num_block_parts = num_tiles * block_n // (page // cfg.cmp_stride)
         own, spill = torch.empty(2, rows, num_q_heads, num_block_parts, **f32)
         tile_max = torch.empty(rows, num_q_heads, num_tiles, **f32)
-        path_scores = torch.empty(rows, num_q_heads, num_path, **f32)
+        path_scores = own if tree is None else torch.empty(rows, num_q_heads, num_path, **f32)  # read only by trees
         cmp_part_o = torch.empty(rows, num_q_heads, cmp_splits, head_dim, **f32)
         cmp_part_ml = torch.empty(rows, num_q_heads, cmp_splits, 2, **f32)
         _cmp_partial_kernel[(batch * query_tiles, num_kv_heads, cmp_splits)](
