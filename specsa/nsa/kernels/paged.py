@@ -41,6 +41,29 @@ def _splits_for(device: torch.device, programs: int, most: int) -> int:
     return max(1, min(most, math.ceil(_programs_wanted(device) / programs)))
 
 
+_resident: dict[tuple, int] = {}
+
+
+def _resident_programs(kernel, args: tuple, launch: dict, device: torch.device) -> int:
+    """Programs of `kernel`, compiled as `launch` asks, that the whole GPU holds at once
+    (registers, shared memory and warps per SM); 2 an SM off the GPU. Split counts fill
+    these slots once: a second, partial wave of long programs left most SMs idle (v13)."""
+    if device.type != "cuda":
+        return _programs_wanted(device)
+    key = (kernel, device.index, *sorted((k, v) for k, v in launch.items() if not isinstance(v, Tensor)))
+    if key not in _resident:
+        compiled = kernel.warmup(*args, grid=(1,), **launch)
+        compiled._init_handles()  # registers are known once the module is loaded
+        props = torch.cuda.get_device_properties(device)
+        warps = compiled.metadata.num_warps
+        registers = math.ceil(compiled.n_regs * 32 / 256) * 256 * warps  # allocated per warp, 256 at a time
+        shared = compiled.metadata.shared + 1024  # the driver reserves 1 KB a block
+        per_sm = min(props.regs_per_multiprocessor // registers, props.shared_memory_per_multiprocessor // shared,
+                     props.max_threads_per_multi_processor // (32 * warps))  # fmt: skip
+        _resident[key] = max(1, per_sm) * props.multi_processor_count
+    return _resident[key]
+
+
 def nsa_paged(
     q: Tensor,
     k_pages: Tensor,
@@ -68,7 +91,8 @@ def nsa_paged(
     gates [B, T, Hq, 3] for `gated`. `selected` [B, T, Hkv, n] hands in a selection
     (`reuse`); `share_group` C > 1 ranks blocks by the scores summed over groups of C
     adjacent queries (`shared`). `query_group`: queries per sparse-attention program
-    (they load the union of their blocks once); default as many as fit a 64-row tile.
+    (they load the union of their blocks once); default the fewest even groups that fit
+    64-row tiles.
     `tree`: the T queries are draft-tree nodes (`nsa/tree.py`), not a chain.
     Returns out [B, T, Hq, D] and selected [B, T, Hkv, n] (rank order, -1 pads).
     """
@@ -189,28 +213,44 @@ def _attend_union(
     group_pad = _pow2(num_q_heads // num_kv_heads)
     rows = batch * num_queries
     pdl = pdl_options(q.device)
-    if query_group is None:
-        query_group = min(num_queries, max(1, MAX_TILE_ROWS // group_pad))
+    if query_group is None:  # the fewest groups that fit a tile, evenly filled (T = 17: 9 + 8, not 16 + 1)
+        most = max(1, MAX_TILE_ROWS // group_pad)
+        query_group = math.ceil(num_queries / math.ceil(num_queries / most))
     query_groups = math.ceil(num_queries / query_group)
     spread = num_queries if tree is not None else query_group  # positions a group's window covers
     window_blocks = min(math.ceil((window + spread - 1) / page) + 1, block_table.shape[1])
+    programs = batch * query_groups * num_kv_heads
+    most_items = num_selected * query_group + window_blocks
+    # The page loop resolves ITEM_CHUNK items to pages at a time and pipelines within a
+    # chunk: about a program's items (at about two programs an SM), from 8 to 32. Long
+    # programs drain the pipeline less often; short ones do not pay for larger [chunk,
+    # union] tiles (H100, 64K, B8, T = 9, random layouts: 8 -> 32 took D64 74 -> 70 µs,
+    # D128 108 -> 105 µs at their best splits; batch 1 at 32: +0–3%).
+    items_per_program = math.ceil(most_items * programs / _programs_wanted(q.device))
+    item_chunk = min(32, max(8, _pow2(items_per_program)))
+    # A third stage pays for verifier groups (v13 sweep, H100: 64q/4kv B8 T5 −10%, other
+    # T > 1 within ±3%), not for decode (T = 1, batch 1 to 32: +5 to +12%).
+    num_stages = 3 if num_queries > 1 else 2
+    tree_args = tree if tree is not None else (seq_lens, seq_lens)
+
+    def args(part_o: Tensor, part_ml: Tensor) -> tuple:
+        return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml, *tree_args, num_queries,
+                q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
+                block_table.stride(0), scale)  # fmt: skip
+
+    launch = dict(
+        WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), MERGED=merged,
+        QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
+        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=item_chunk,
+        NUM_STAGES=num_stages, TREE=tree is not None, **pdl,
+    )  # fmt: skip
     if splits is None:
-        splits = _splits_for(q.device, batch * query_groups * num_kv_heads, num_selected * query_group + window_blocks)
-    # A third stage in the page loop pays once the step has many query rows (H100, 64K:
-    # −2.5 to −9% from batch × T = 128 on; up to +32% below it, decode included).
-    num_stages = 3 if rows >= 128 else 2
+        unused = torch.empty(0, device=q.device, dtype=torch.float32)
+        resident = _resident_programs(_sparse_attention_kernel, args(unused, unused), dict(launch, SPLITS=2), q.device)
+        splits = max(1, min(most_items, resident // programs))
     part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, device=q.device, dtype=torch.float32)
     part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, device=q.device, dtype=torch.float32)
-    _sparse_attention_kernel[(batch * query_groups, num_kv_heads, splits)](
-        q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml,
-        *(tree if tree is not None else (seq_lens, seq_lens)), num_queries,
-        q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
-        block_table.stride(0), scale,
-        WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), SPLITS=splits, MERGED=merged,
-        QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
-        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=8, NUM_STAGES=num_stages,
-        TREE=tree is not None, **pdl,
-    )  # fmt: skip
+    _sparse_attention_kernel[(batch * query_groups, num_kv_heads, splits)](*args(part_o, part_ml), SPLITS=splits, **launch)
 
     cmp_part_o, cmp_part_ml, cmp_splits = cmp_parts
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
