@@ -228,9 +228,10 @@ def _attend_union(
     # D128 108 -> 105 µs at their best splits; batch 1 at 32: +0–3%).
     items_per_program = math.ceil(most_items * programs / _programs_wanted(q.device))
     item_chunk = min(32, max(8, _pow2(items_per_program)))
-    # A third stage pays for verifier groups (v13 sweep, H100: 64q/4kv B8 T5 −10%, other
-    # T > 1 within ±3%), not for decode (T = 1, batch 1 to 32: +5 to +12%).
-    num_stages = 3 if num_queries > 1 else 2
+    # A third stage pays for groups of verifier queries (v13 sweep, H100: 64q/4kv B8 T5
+    # −10%, other T > 1 within ±3%), not for one query's rows (decode, batch 1 to 32:
+    # +5 to +12%; query-centric verification, B8 T8 D128, overlap 0.3: 126 -> 105 µs).
+    num_stages = 3 if query_group > 1 else 2
     tree_args = tree if tree is not None else (seq_lens, seq_lens)
 
     def args(part_o: Tensor, part_ml: Tensor) -> tuple:
