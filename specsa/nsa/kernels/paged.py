@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -44,15 +45,16 @@ def _splits_for(device: torch.device, programs: int, most: int) -> int:
 _resident: dict[tuple, int] = {}
 
 
-def _resident_programs(kernel, args: tuple, launch: dict, device: torch.device) -> int:
-    """Programs of `kernel`, compiled as `launch` asks, that the whole GPU holds at once
-    (registers, shared memory and warps per SM); 2 an SM off the GPU. Split counts fill
-    these slots once: a second, partial wave of long programs left most SMs idle (v13)."""
+def _resident_programs(kernel, launch: dict, device: torch.device, args: Callable[[], tuple]) -> int:
+    """Programs of `kernel`, compiled as `launch` asks for `args()`, that the whole GPU
+    holds at once (registers, shared memory and warps per SM); 2 an SM off the GPU. Split
+    counts fill these slots once: a second, partial wave of long programs left most SMs
+    idle (v13)."""
     if device.type != "cuda":
         return _programs_wanted(device)
-    key = (kernel, device.index, *sorted((k, v) for k, v in launch.items() if not isinstance(v, Tensor)))
+    key = (kernel, device.index, *sorted(launch.items()))
     if key not in _resident:
-        compiled = kernel.warmup(*args, grid=(1,), **launch)
+        compiled = kernel.warmup(*args(), grid=(1,), **launch)
         compiled._init_handles()  # registers are known once the module is loaded
         props = torch.cuda.get_device_properties(device)
         warps = compiled.metadata.num_warps
@@ -246,8 +248,12 @@ def _attend_union(
         NUM_STAGES=num_stages, TREE=tree is not None, **pdl,
     )  # fmt: skip
     if splits is None:
-        unused = torch.empty(0, device=q.device, dtype=torch.float32)
-        resident = _resident_programs(_sparse_attention_kernel, args(unused, unused), dict(launch, SPLITS=2), q.device)
+
+        def with_placeholders() -> tuple:  # only called to compile
+            unused = torch.empty(0, device=q.device, dtype=torch.float32)
+            return args(unused, unused)
+
+        resident = _resident_programs(_sparse_attention_kernel, dict(launch, SPLITS=2), q.device, with_placeholders)
         splits = max(1, min(most_items, resident // programs))
     part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, device=q.device, dtype=torch.float32)
     part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, device=q.device, dtype=torch.float32)
