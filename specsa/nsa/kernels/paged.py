@@ -158,12 +158,11 @@ def nsa_paged(
         # 1, G = 16: 28 -> 38 µs with one).
         ranking_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
         # 64 blocks a program: [G, 64] score tiles stay in registers.
-        blocks_per_split = 64
+        blocks_per_split = max(64, _pow2(cfg.num_selected))
         sel_splits = math.ceil(num_blocks / blocks_per_split)
-        cand_block = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int32)
-        cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, **f32)
+        cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int64)
         _block_candidates_kernel[(rows, num_kv_heads, sel_splits)](
-            seq_lens, own, spill, tile_max, path_scores, cmp_part_ml, cand_block, cand_key, depths, num_queries, num_path,
+            seq_lens, own, spill, tile_max, path_scores, cmp_part_ml, cand_key, depths, num_queries, num_path,
             CMP_SPLITS=cmp_splits, NUM_BLOCK_PARTS=num_block_parts, NUM_TILES=num_tiles,
             CMP_SPLITS_PAD=_pow2(cmp_splits), CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page,
             BLOCK_N=block_n, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
@@ -172,10 +171,9 @@ def nsa_paged(
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
         num_candidates = sel_splits * cfg.num_selected
-        rank_chunk = min(64, _pow2(num_candidates))
-        _select_kernel[(rows * num_kv_heads, math.ceil(num_candidates / rank_chunk))](
-            cand_block, cand_key, selected,
-            NUM_CAND=num_candidates, CHUNK=rank_chunk, NUM_SEL=cfg.num_selected, num_warps=ranking_warps, **pdl,
+        _select_kernel[(rows * num_kv_heads,)](
+            cand_key, selected, num_candidates, NUM_CAND_PAD=_pow2(num_candidates), NUM_SEL=cfg.num_selected,
+            NUM_SEL_PAD=_pow2(cfg.num_selected), num_warps=ranking_warps, **pdl,
         )  # fmt: skip
     elif selected.shape != (batch, num_queries, num_kv_heads, cfg.num_selected):
         raise ValueError(f"A reused selection must be [B, T, Hkv, n] = "

@@ -18,8 +18,8 @@ its own path past the prefix's; a "query row" is b·T + t.
    the tile's running max: half the bytes of raw scores, read back contiguously.
 2. `_block_candidates_kernel`, grid (B·T, Hkv, ranges): block scores from the block parts
    rescaled to the merged softmax (summed over a `shared` group's queries when asked),
-   the range's top n by pairwise ranks.
-3. `_select_kernel`, grid (B·T·Hkv, chunks): the global top n among the candidates.
+   the range's top n as int64 keys that carry the block (bitonic top-k).
+3. `_select_kernel`, grid (B·T·Hkv,): the global top n among the candidates.
 """
 
 from __future__ import annotations
@@ -175,20 +175,23 @@ def _cmp_partial_kernel(
     tl.store(part_ml_ptr + part * 2 + 1, b_l, mask=m_r)
 
 
-@triton.jit
-def _count_beaten_by(b_key, o_pos, b_other, o_other):
-    """For each key, how many of the others beat it: a larger key, or an equal key at a
-    lower position (ties go to the lower index). b_key [M], b_other [K] -> [M] int32."""
-    larger = b_other[None, :] > b_key[:, None]
-    tie_won = (b_other[None, :] == b_key[:, None]) & (o_other[None, :] < o_pos[:, None])
-    return tl.sum((larger | tie_won).to(tl.int32), 1)
+_INDEX_MASK = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
-def _by_rank(rank, keep, b_value, o_slot, empty):
-    """[len(o_slot)]: slot r gets the kept value of rank r, or `empty` (values exceed it)."""
-    match = (rank[None, :] == o_slot[:, None]) & keep[None, :]
-    return tl.max(tl.where(match, b_value[None, :], empty), 1)
+def _ranking_keys(b_score, o_j):
+    """Unique int64 keys in the selection's order: by score, then the lower block first.
+    Scores are ≥ 0 or ±inf, and non-negative floats order as their bits; a -inf score
+    (a block that cannot be selected) gives a negative key, below every selectable one."""
+    b_score = tl.where(b_score == 0.0, 0.0, b_score)  # -0.0 would order below every positive score
+    b_bits = b_score.to(tl.int32, bitcast=True).to(tl.int64)
+    return (b_bits << 32) | (o_j.to(tl.int64) ^ _INDEX_MASK)  # low bits: MASK - j
+
+
+@triton.jit
+def _block_of(b_key):
+    """The block a ranking key stands for, or -1 for a key that cannot be selected."""
+    return tl.where(b_key >= 0, ((b_key & _INDEX_MASK) ^ _INDEX_MASK).to(tl.int32), -1)
 
 
 @triton.jit
@@ -264,8 +267,7 @@ def _block_candidates_kernel(
     tile_max_ptr,  # [B·T, Hq, NUM_TILES] fp32
     path_scores_ptr,  # [B·T, Hq, NUM_PATH] fp32 (TREE)
     cmp_part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2]
-    cand_block_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] int32: local top-n blocks, -1 pads
-    cand_key_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] fp32: their ranking keys
+    cand_key_ptr,  # [B·T, Hkv, SEL_SPLITS, NUM_SEL] int64: the range's top n ranking keys, in rank order
     depths_ptr,  # [B·T] int32 (TREE): each node's depth
     num_queries,  # T
     num_path,  # NUM_PATH (TREE)
@@ -278,7 +280,7 @@ def _block_candidates_kernel(
     PAGE: tl.constexpr,
     BLOCK_N: tl.constexpr,  # _cmp_partial_kernel's tile
     NUM_BLOCKS,
-    BLOCKS_PER_SPLIT: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr,  # a power of two ≥ NUM_SEL_PAD
     NUM_SEL: tl.constexpr,
     NUM_SEL_PAD: tl.constexpr,
     SHARE_GROUP: tl.constexpr,  # `shared`: rank by the scores summed over this many adjacent queries
@@ -322,40 +324,30 @@ def _block_candidates_kernel(
 
     current = t // PAGE
     forced = (o_j == 0) | (o_j == current) | (o_j == current - 1)
-    b_key = tl.where(forced, float("inf"), b_score)
-    b_key = tl.where((o_j * PAGE <= t) & (o_j < NUM_BLOCKS), b_key, float("-inf"))
-    rank = _count_beaten_by(b_key, o_j, b_key, o_j)  # [BPS], all in registers
-    keep = (rank < NUM_SEL) & (b_key > float("-inf"))
+    b_score = tl.where(forced, float("inf"), b_score)
+    b_score = tl.where((o_j * PAGE <= t) & (o_j < NUM_BLOCKS), b_score, float("-inf"))
+    # Bitonic top n (about BPS·log²n compares, where ranking every pair took BPS²).
+    b_top = tl.topk(_ranking_keys(b_score, o_j), NUM_SEL_PAD)  # [NUM_SEL_PAD], descending
     o_slot = tl.arange(0, NUM_SEL_PAD)
     out = ((i_row * num_kv_heads + i_h) * tl.num_programs(2) + i_split) * NUM_SEL + o_slot
-    tl.store(cand_block_ptr + out, _by_rank(rank, keep, o_j, o_slot, -1), mask=o_slot < NUM_SEL)
-    tl.store(cand_key_ptr + out, _by_rank(rank, keep, b_key, o_slot, float("-inf")), mask=o_slot < NUM_SEL)
+    tl.store(cand_key_ptr + out, b_top, mask=o_slot < NUM_SEL)
 
 
 @triton.jit
 def _select_kernel(
-    cand_block_ptr,  # [B·T·Hkv, NUM_CAND] int32 from _block_candidates_kernel
-    cand_key_ptr,  # [B·T·Hkv, NUM_CAND] fp32
+    cand_key_ptr,  # [B·T·Hkv, NUM_CAND] int64 from _block_candidates_kernel
     selected_ptr,  # [B·T·Hkv, NUM_SEL] int32: rank order, -1 pads
     NUM_CAND,
-    CHUNK: tl.constexpr,
+    NUM_CAND_PAD: tl.constexpr,
     NUM_SEL: tl.constexpr,
+    NUM_SEL_PAD: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """The global top n among the ranges' candidates. Program (row, c) ranks candidates
-    c·CHUNK … against all of them; ranks are unique, so a candidate ranked r < n is
-    written to slot r (a -inf one, ranked after every real one, writes a -1 pad).
-    Candidates sit in block order within equal keys: position breaks ties like index."""
+    """The global top n among one row's candidates: a bitonic top n over their keys,
+    which carry the block index (unique keys: ties go to the lower block)."""
     pdl_prologue(PDL)
-    base = tl.program_id(0) * NUM_CAND
-    o_c = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
-    m_c = o_c < NUM_CAND
-    b_key = tl.load(cand_key_ptr + base + o_c, mask=m_c, other=float("-inf"))
-    rank = tl.zeros([CHUNK], tl.int32)
-    for other in range(0, NUM_CAND, CHUNK):
-        o_k = other + tl.arange(0, CHUNK)
-        b_other = tl.load(cand_key_ptr + base + o_k, mask=o_k < NUM_CAND, other=float("-inf"))
-        rank += _count_beaten_by(b_key, o_c, b_other, o_k)
-    b_block = tl.load(cand_block_ptr + base + o_c, mask=m_c, other=-1)
-    b_block = tl.where(b_key > float("-inf"), b_block, -1)
-    tl.store(selected_ptr + tl.program_id(0) * NUM_SEL + rank, b_block, mask=m_c & (rank < NUM_SEL))
+    o_c = tl.arange(0, NUM_CAND_PAD)
+    b_key = tl.load(cand_key_ptr + tl.program_id(0) * NUM_CAND + o_c, mask=o_c < NUM_CAND, other=-1)
+    b_top = tl.topk(b_key, NUM_SEL_PAD)  # [NUM_SEL_PAD], descending
+    o_slot = tl.arange(0, NUM_SEL_PAD)
+    tl.store(selected_ptr + tl.program_id(0) * NUM_SEL + o_slot, _block_of(b_top), mask=o_slot < NUM_SEL)
