@@ -33,14 +33,15 @@ from specsa.launch import pdl_prologue
 @triton.jit
 def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
     """One online-softmax update with scores b_s [R, N] (-inf where masked) and values
-    b_v [N, D]; rows that have seen nothing yet stay at (m=-inf, l=0, acc=0)."""
+    b_v [N, D]; rows that have seen nothing yet stay at (m=-inf, l=0, acc=0). Also
+    returns the tile's probabilities b_p [R, N] against the new max (0 where it is -inf)."""
     b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
     b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
     b_alpha = tl.exp(b_m - b_m_safe)
     b_p = tl.exp(b_s - b_m_safe[:, None])
     b_l = b_l * b_alpha + tl.sum(b_p, 1)
     b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-    return b_m_new, b_l, b_acc
+    return b_m_new, b_l, b_acc, b_p
 
 
 @triton.jit
@@ -150,9 +151,9 @@ def _cmp_partial_kernel(
         b_v = tl.load(v_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)
         visible = o_n[None, :] < n_cmp[:, None]  # [ROWS, BLOCK_N]
         b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
-        b_m, b_l, b_acc = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
-        b_ref = tl.where(b_m == float("-inf"), 0.0, b_m)  # [ROWS] the max the tile's parts are against
-        b_p = tl.reshape(tl.exp(b_s - b_ref[:, None]), [ROWS, BLOCKS_PER_TILE, SUBS_PER_BLOCK])
+        b_m, b_l, b_acc, b_p = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
+        b_ref = tl.where(b_m == float("-inf"), 0.0, b_m)  # [ROWS] the max the tile's parts (b_p) are against
+        b_p = tl.reshape(b_p, [ROWS, BLOCKS_PER_TILE, SUBS_PER_BLOCK])
         o_part = start // SUBS_PER_BLOCK + tl.arange(0, BLOCKS_PER_TILE)  # [BLOCKS_PER_TILE]
         p_part = rows[:, None] * NUM_BLOCK_PARTS + o_part[None, :]
         tl.store(own_ptr + p_part, tl.sum(b_p * b_own_w[None, None, :], 2), mask=m_r[:, None])

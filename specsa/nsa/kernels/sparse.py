@@ -156,12 +156,12 @@ def _sparse_attention_kernel(
                 in_window = (in_window & prefix) | ancestor
             if MERGED:
                 b_s0 = tl.where(causal & (row_selected | in_window), b_s, float("-inf"))
-                b_m0, b_l0, b_acc0 = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
+                b_m0, b_l0, b_acc0, _ = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
             else:
                 b_s0 = tl.where(causal & row_selected, b_s, float("-inf"))
-                b_m0, b_l0, b_acc0 = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
+                b_m0, b_l0, b_acc0, _ = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
                 b_s1 = tl.where(causal & in_window, b_s, float("-inf"))
-                b_m1, b_l1, b_acc1 = _online_softmax_step(b_s1, b_m1, b_l1, b_acc1, b_v)
+                b_m1, b_l1, b_acc1, _ = _online_softmax_step(b_s1, b_m1, b_l1, b_acc1, b_v)
 
     row = ((i_b * num_queries + query) * (num_kv_heads * G) + head) * SPLITS + i_split  # [ROWS] of [B·T, Hq, SPLITS]
     p_o = part_o_ptr + (row[:, None] * 2) * D + o_d[None, :]
