@@ -9,7 +9,7 @@ import torch
 from specsa.cache import PagedKVCache
 from specsa.config import NSAConfig
 from specsa.nsa.compression import mean_compression
-from specsa.nsa.kernels.paged import nsa_paged
+from specsa.nsa.kernels.paged import _query_group, nsa_paged
 from specsa.nsa.reference import nsa_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -204,3 +204,11 @@ def test_draft_tree_rejects_what_the_kernel_cannot_compute():
         draft_tree(deep, [k], [k], cfg)
     with pytest.raises(ValueError, match="parent"):
         tree_mask([-1, 1])
+
+
+def test_query_groups_are_even_and_fit_a_tile_unless_more_are_asked_for():
+    assert _query_group(17, group_pad=4) == 9  # 9 + 8 rows of 16 queries at most, not 16 + 1
+    assert _query_group(8, group_pad=16) == 4  # 64-row tiles hold 4 queries of 16 heads
+    assert _query_group(8, group_pad=4, min_groups=5) == 2  # 5 groups asked: ⌈8 / 5⌉ = 2 a group
+    assert _query_group(1, group_pad=4, min_groups=5) == 1
+    assert _query_group(16, group_pad=4, min_groups=0) == 16

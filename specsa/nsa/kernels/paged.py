@@ -42,6 +42,15 @@ def _splits_for(device: torch.device, programs: int, most: int) -> int:
     return max(1, min(most, math.ceil(_programs_wanted(device) / programs)))
 
 
+def _query_group(num_queries: int, group_pad: int, min_groups: int = 1) -> int:
+    """Queries per sparse-attention program: T split into the fewest groups that fit a
+    tile, or `min_groups` if more, evenly filled: ⌈T / groups⌉ each (T = 17 in 2 groups:
+    9 + 8, not 16 + 1; T = 8 in 5 groups: 4 groups of 2)."""
+    most = max(1, MAX_TILE_ROWS // group_pad)
+    groups = max(math.ceil(num_queries / most), min(num_queries, min_groups))
+    return math.ceil(num_queries / groups)
+
+
 _resident: dict[tuple, int] = {}
 
 
@@ -94,7 +103,7 @@ def nsa_paged(
     (`reuse`); `share_group` C > 1 ranks blocks by the scores summed over groups of C
     adjacent queries (`shared`). `query_group`: queries per sparse-attention program
     (they load the union of their blocks once); default the fewest even groups that fit
-    64-row tiles.
+    64-row tiles, but enough for a program per 4 SMs.
     `tree`: the T queries are draft-tree nodes (`nsa/tree.py`), not a chain.
     Returns out [B, T, Hq, D] and selected [B, T, Hkv, n] (rank order, -1 pads).
     """
@@ -151,29 +160,30 @@ def nsa_paged(
         )  # fmt: skip
 
     if selected is None:
-        # One warp a program once every SM has a few (query, KV head) rows' programs: the
-        # ranking kernels are chains of small dependent steps, and 4 warps only lengthened
-        # each (H100, 64K, B·T·Hkv = 576: the whole call 149 -> 129 µs by the candidates
-        # alone; select alone 129 -> 56 µs). With few programs 4 warps stay faster (batch
-        # 1, G = 16: 28 -> 38 µs with one).
-        ranking_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
         # 64 blocks a program: [G, 64] score tiles stay in registers.
         blocks_per_split = max(64, _pow2(cfg.num_selected))
         sel_splits = math.ceil(num_blocks / blocks_per_split)
         cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int64)
+        # One warp a program once every SM has several programs: the ranking kernels are
+        # chains of small dependent steps, and more warps only lengthen each (H100, 64K:
+        # select at B·T·Hkv = 576 129 -> 56 µs with one; candidates at 1088 and 1224
+        # programs 5.7 -> 5.3 and 6.5 -> 5.7 µs). With fewer, 4 warps stay faster or even
+        # (candidates at 136 programs 3.2 µs, 3.8 with one; at 612 with G = 16 11.9, 13.9).
+        cand_warps = 1 if rows * num_kv_heads * sel_splits >= 4 * _programs_wanted(q.device) else 4
+        select_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
         _block_candidates_kernel[(rows, num_kv_heads, sel_splits)](
             seq_lens, own, spill, tile_max, path_scores, cmp_part_ml, cand_key, depths, num_queries, num_path,
             CMP_SPLITS=cmp_splits, NUM_BLOCK_PARTS=num_block_parts, NUM_TILES=num_tiles,
             CMP_SPLITS_PAD=_pow2(cmp_splits), CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page,
             BLOCK_N=block_n, NUM_BLOCKS=num_blocks, BLOCKS_PER_SPLIT=blocks_per_split,
             NUM_SEL=cfg.num_selected, NUM_SEL_PAD=_pow2(cfg.num_selected), SHARE_GROUP=min(share_group, num_queries),
-            G=group, G_PAD=group_pad, TREE=tree is not None, num_warps=ranking_warps, **pdl,
+            G=group, G_PAD=group_pad, TREE=tree is not None, num_warps=cand_warps, **pdl,
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
         num_candidates = sel_splits * cfg.num_selected
         _select_kernel[(rows * num_kv_heads,)](
             cand_key, selected, num_candidates, NUM_CAND_PAD=_pow2(num_candidates), NUM_SEL=cfg.num_selected,
-            NUM_SEL_PAD=_pow2(cfg.num_selected), num_warps=ranking_warps, **pdl,
+            NUM_SEL_PAD=_pow2(cfg.num_selected), num_warps=select_warps, **pdl,
         )  # fmt: skip
     elif selected.shape != (batch, num_queries, num_kv_heads, cfg.num_selected):
         raise ValueError(f"A reused selection must be [B, T, Hkv, n] = "
@@ -181,6 +191,13 @@ def nsa_paged(
     else:
         selected = selected.to(torch.int32).contiguous()
 
+    if query_group is None:
+        # At least a program per 4 SMs: with fewer, each program's union is split over many
+        # programs, and every split repeats the group's set-up (the dedupe of its C·n
+        # blocks). H100, 64K, batch 1, T = 8, similarity 0.9: one group of 8 took 39 (D64)
+        # and 48 µs (D128), four groups of 2 34 and 43 µs; T = 16: 70 -> 43 µs (D64).
+        programs_floor = _programs_wanted(q.device) // 8
+        query_group = _query_group(num_queries, group_pad, math.ceil(programs_floor / (batch * num_kv_heads)))
     out = _attend_union(
         q, k_pages, v_pages, block_table, slots, seq_lens, selected, window=cfg.window, merged=merged, scale=scale,
         query_group=query_group, splits=splits, gates=gates, cmp_parts=(cmp_part_o, cmp_part_ml, cmp_splits),
@@ -199,7 +216,8 @@ def dense_paged(
     nothing = torch.full((batch, num_queries, num_kv_heads, 1), -1, dtype=torch.int32, device=q.device)
     window = block_table.shape[1] * k_pages.shape[1]
     return _attend_union(q, k_pages, v_pages, block_table, slots, seq_lens, nothing, window=window, merged=True,
-                         scale=scale, query_group=None, splits=None)  # fmt: skip
+                         scale=scale, query_group=_query_group(q.shape[1], _pow2(q.shape[2] // k_pages.shape[2])),
+                         splits=None)  # fmt: skip
 
 
 def _attend_union(
@@ -213,9 +231,6 @@ def _attend_union(
     group_pad = _pow2(num_q_heads // num_kv_heads)
     rows = batch * num_queries
     pdl = pdl_options(q.device)
-    if query_group is None:  # the fewest groups that fit a tile, evenly filled (T = 17: 9 + 8, not 16 + 1)
-        most = max(1, MAX_TILE_ROWS // group_pad)
-        query_group = math.ceil(num_queries / math.ceil(num_queries / most))
     query_groups = math.ceil(num_queries / query_group)
     spread = num_queries if tree is not None else query_group  # positions a group's window covers
     window_blocks = min(math.ceil((window + spread - 1) / page) + 1, block_table.shape[1])
