@@ -237,16 +237,16 @@ def _query_block_scores(
 
     # Block j: its own tokens' parts and the spill of block j - 1, each rescaled from its
     # tile's max to the merged one. Only tiles holding one of the query's tokens were written.
-    m_own = m_g[:, None] & (o_j * SUBS_PER_BLOCK < n_cached)[None, :]  # [G_PAD, BPS]
-    m_spill = m_g[:, None] & ((o_j >= 1) & ((o_j - 1) * SUBS_PER_BLOCK < n_cached))[None, :]
-    p_row = rows[:, None] * NUM_BLOCK_PARTS
-    p_max = rows[:, None] * NUM_TILES
-    b_own = tl.load(own_ptr + p_row + o_j[None, :], mask=m_own, other=0.0)  # [G_PAD, BPS]
-    b_own_max = tl.load(tile_max_ptr + p_max + (o_j // BLOCKS_PER_TILE)[None, :], mask=m_own, other=0.0)
-    b_spill = tl.load(spill_ptr + p_row + (o_j - 1)[None, :], mask=m_spill, other=0.0)
-    b_spill_max = tl.load(tile_max_ptr + p_max + ((o_j - 1) // BLOCKS_PER_TILE)[None, :], mask=m_spill, other=0.0)
-    b_p = tl.where(m_own, b_own * tl.exp(b_own_max - b_m[:, None]), 0.0)
-    b_p += tl.where(m_spill, b_spill * tl.exp(b_spill_max - b_m[:, None]), 0.0)
+    m_own = (o_j * SUBS_PER_BLOCK < n_cached)[:, None] & m_g[None, :]  # [BPS, G_PAD]
+    m_spill = ((o_j >= 1) & ((o_j - 1) * SUBS_PER_BLOCK < n_cached))[:, None] & m_g[None, :]
+    p_row = rows[None, :] * NUM_BLOCK_PARTS
+    p_max = rows[None, :] * NUM_TILES
+    b_own = tl.load(own_ptr + p_row + o_j[:, None], mask=m_own, other=0.0)  # [BPS, G_PAD]
+    b_own_max = tl.load(tile_max_ptr + p_max + (o_j // BLOCKS_PER_TILE)[:, None], mask=m_own, other=0.0)
+    b_spill = tl.load(spill_ptr + p_row + (o_j - 1)[:, None], mask=m_spill, other=0.0)
+    b_spill_max = tl.load(tile_max_ptr + p_max + ((o_j - 1) // BLOCKS_PER_TILE)[:, None], mask=m_spill, other=0.0)
+    b_p = tl.where(m_own, b_own * tl.exp(b_own_max - b_m[None, :]), 0.0)
+    b_p += tl.where(m_spill, b_spill * tl.exp(b_spill_max - b_m[None, :]), 0.0)
     if TREE:  # a node's own compressed tokens, past the prefix's: raw scores
         n_path = _num_cmp_tokens(position + 1, CMP_BLOCK, CMP_STRIDE) - n_cached
         for e in range(0, num_path):
@@ -256,8 +256,8 @@ def _query_block_scores(
             own_w, spill_w = _block_weights(token % SUBS_PER_BLOCK, CMP_BLOCK, CMP_STRIDE, PAGE)
             weight = tl.where(o_j == token // SUBS_PER_BLOCK, own_w, 0.0)
             weight += tl.where(o_j == token // SUBS_PER_BLOCK + 1, spill_w, 0.0)  # [BPS]
-            b_p += b_pe[:, None] * weight[None, :]
-    return tl.sum(b_p / b_l[:, None], 0)
+            b_p += weight[:, None] * b_pe[None, :]
+    return tl.sum(b_p / b_l[None, :], 1)
 
 
 @triton.jit
