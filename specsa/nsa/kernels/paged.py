@@ -162,7 +162,7 @@ def nsa_paged(
         )  # fmt: skip
 
     if selected is None:
-        # 64 blocks a program: [G, 64] score tiles stay in registers.
+        # 64 blocks a program (n at least): [64, G] score tiles stay in registers.
         blocks_per_split = max(64, _pow2(cfg.num_selected))
         sel_splits = math.ceil(num_blocks / blocks_per_split)
         cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int64)
