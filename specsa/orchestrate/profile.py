@@ -112,12 +112,13 @@ def fastest_variants(times: dict[tuple[int, StepVariant], list[float]],
 
 
 def measure_step_costs(model: CausalLM, context: int, batch: int, max_gamma: int, rounds: int = 20) -> StepCosts:
-    """Target steps of T = 1 … max_gamma+1 tokens per sequence after `context` tokens
-    (the cache's contents do not change the cost), each in every variant of
-    `step_variants` (a query group only below T), keeping the fastest; and prompt lookup
-    on such a context. Each round times every variant once, so a slow stretch of the GPU
-    (clocks, a neighbour) touches all of them alike; a variant's cost is its median over
-    the rounds."""
+    """Target steps of T = 1 … max_gamma+1 tokens per sequence after `context` tokens,
+    each in every variant of `step_variants` (a query group only below T), keeping the
+    fastest; and prompt lookup on such a context. The cache holds zeros, so every query
+    selects the same blocks: the cheapest union a step can have (the loop's per-width
+    corrections learn the live cost). Each round times every variant once, so a slow
+    stretch of the GPU (clocks, a neighbour) touches all of them alike; a variant's cost
+    is its median over the rounds."""
     cache = model.new_cache(batch, context + max_gamma + 1)
     slots = [cache.allocate() for _ in range(batch)]
     for slot in slots:
