@@ -110,6 +110,7 @@ def _cmp_partial_kernel(
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,  # a multiple of l'/d
     TREE: tl.constexpr,  # the T queries are draft-tree nodes (`nsa/tree.py`), not a chain
+    SELECTING: tl.constexpr,  # write what the selection reads (block parts, tile maxes, path scores)
     PDL: tl.constexpr,
 ):
     pdl_prologue(PDL)
@@ -152,13 +153,14 @@ def _cmp_partial_kernel(
         visible = o_n[None, :] < n_cmp[:, None]  # [ROWS, BLOCK_N]
         b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
         b_m, b_l, b_acc, b_p = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
-        b_ref = tl.where(b_m == float("-inf"), 0.0, b_m)  # [ROWS] the max the tile's parts (b_p) are against
-        b_p = tl.reshape(b_p, [ROWS, BLOCKS_PER_TILE, SUBS_PER_BLOCK])
-        o_part = start // SUBS_PER_BLOCK + tl.arange(0, BLOCKS_PER_TILE)  # [BLOCKS_PER_TILE]
-        p_part = rows[:, None] * NUM_BLOCK_PARTS + o_part[None, :]
-        tl.store(own_ptr + p_part, tl.sum(b_p * b_own_w[None, None, :], 2), mask=m_r[:, None])
-        tl.store(spill_ptr + p_part, tl.sum(b_p * b_spill_w[None, None, :], 2), mask=m_r[:, None])
-        tl.store(tile_max_ptr + rows * NUM_TILES + start // BLOCK_N, b_ref, mask=m_r)
+        if SELECTING:
+            b_ref = tl.where(b_m == float("-inf"), 0.0, b_m)  # [ROWS] the max the tile's parts (b_p) are against
+            b_p = tl.reshape(b_p, [ROWS, BLOCKS_PER_TILE, SUBS_PER_BLOCK])
+            o_part = start // SUBS_PER_BLOCK + tl.arange(0, BLOCKS_PER_TILE)  # [BLOCKS_PER_TILE]
+            p_part = rows[:, None] * NUM_BLOCK_PARTS + o_part[None, :]
+            tl.store(own_ptr + p_part, tl.sum(b_p * b_own_w[None, None, :], 2), mask=m_r[:, None])
+            tl.store(spill_ptr + p_part, tl.sum(b_p * b_spill_w[None, None, :], 2), mask=m_r[:, None])
+            tl.store(tile_max_ptr + rows * NUM_TILES + start // BLOCK_N, b_ref, mask=m_r)
     if TREE:
         if i_split == 0:  # each node's own compressed tokens, one per row, after the prefix's
             for e in range(0, num_path):
@@ -168,7 +170,8 @@ def _cmp_partial_kernel(
                 b_v = tl.load(v_path_ptr + p_path[:, None] + o_d[None, :], mask=m_e[:, None], other=0.0)
                 b_s = tl.sum(b_q.to(tl.float32) * b_k.to(tl.float32), 1) * scale
                 b_s = tl.where(m_e, b_s, float("-inf"))  # [ROWS]
-                tl.store(path_scores_ptr + rows * num_path + e, b_s, mask=m_e)
+                if SELECTING:
+                    tl.store(path_scores_ptr + rows * num_path + e, b_s, mask=m_e)
                 b_m, b_l, b_acc = _online_softmax_row_step(b_s, b_m, b_l, b_acc, b_v)
     part = rows * CMP_SPLITS + i_split  # [ROWS]
     tl.store(part_o_ptr + part[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
