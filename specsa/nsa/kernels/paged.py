@@ -171,9 +171,10 @@ def nsa_paged(
         cand_key = torch.empty(rows, num_kv_heads, sel_splits, cfg.num_selected, device=q.device, dtype=torch.int64)
         # One warp a program once every SM has several programs: the ranking kernels are
         # chains of small dependent steps, and more warps only lengthen each (H100, 64K:
-        # select at B·T·Hkv = 576 129 -> 56 µs with one; candidates at 1088 and 1224
-        # programs 5.7 -> 5.3 and 6.5 -> 5.7 µs). With fewer, 4 warps stay faster or even
-        # (candidates at 136 programs 3.2 µs, 3.8 with one; at 612 with G = 16 11.9, 13.9).
+        # the v12 pairwise select at B·T·Hkv = 576 129 -> 56 µs with one, not re-timed
+        # with the top-k; candidates at 1088 and 1224 programs 5.7 -> 5.3 and 6.5 -> 5.7
+        # µs). With fewer, 4 warps stay faster or even (candidates at 136 programs 3.2 µs,
+        # 3.8 with one; at 612 with G = 16 11.9, 13.9).
         cand_warps = 1 if rows * num_kv_heads * sel_splits >= 4 * _programs_wanted(q.device) else 4
         select_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
         _block_candidates_kernel[(rows, num_kv_heads, sel_splits)](
