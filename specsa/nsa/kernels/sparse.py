@@ -88,21 +88,23 @@ def _sparse_attention_kernel(
         window_start, window_end = position0 + first_query - WINDOW + 1, position0 + last_query
     p_q = q_ptr + i_b * stride_qb + query[:, None] * stride_qt + head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [ROWS, D]
+    # The group's selections, [QUERY_GROUP_PAD, NUM_SEL_PAD] block indices (-1 pads).
+    o_g = tl.arange(0, QUERY_GROUP_PAD)
+    g_row = i_b * num_queries + first_query + o_g  # [QUERY_GROUP_PAD] rows of [B·T]
+    m_g = (o_g < QUERY_GROUP) & (first_query + o_g <= last_query)
     o_s = tl.arange(0, NUM_SEL_PAD)
-    p_row_sel = selected_ptr + ((i_b * num_queries + query[:, None]) * num_kv_heads + i_h) * NUM_SEL + o_s[None, :]
-    b_row_sel = tl.load(p_row_sel, mask=m_r[:, None] & (o_s < NUM_SEL)[None, :], other=-1)  # [ROWS, NUM_SEL_PAD]
+    m_gs = m_g[:, None] & (o_s < NUM_SEL)[None, :]
+    p_sel = selected_ptr + (g_row[:, None] * num_kv_heads + i_h) * NUM_SEL + o_s[None, :]
+    b_sel = tl.load(p_sel, mask=m_gs, other=-1)
+    row_bit = tl.minimum(o_r // G_PAD, 63).to(tl.int64)  # [ROWS] the bit of the row's query (QUERY_GROUP ≤ 64)
 
     # The union of the group's selections, as a list of first occurrences: entry
     # (query u, slot s) is kept unless an earlier query of the group chose the same block.
     o_u = tl.arange(0, QUERY_GROUP_PAD * NUM_SEL_PAD)
-    u_query = first_query + o_u // NUM_SEL_PAD
-    m_u = (o_u // NUM_SEL_PAD < QUERY_GROUP) & (u_query <= last_query) & (o_u % NUM_SEL_PAD < NUM_SEL)
-    p_u = selected_ptr + ((i_b * num_queries + u_query) * num_kv_heads + i_h) * NUM_SEL + o_u % NUM_SEL_PAD
-    b_union = tl.load(p_u, mask=m_u, other=-1)  # [U]
+    b_union = tl.reshape(b_sel, [QUERY_GROUP_PAD * NUM_SEL_PAD])  # [U]
     seen = b_union < 0
     for earlier in tl.static_range(QUERY_GROUP - 1):
-        p_e = selected_ptr + ((i_b * num_queries + first_query + earlier) * num_kv_heads + i_h) * NUM_SEL + o_s
-        b_earlier = tl.load(p_e, mask=(o_s < NUM_SEL) & (first_query + earlier <= last_query), other=-1)
+        b_earlier = tl.sum(tl.where(o_g[:, None] == earlier, b_sel, 0), 0)  # [NUM_SEL_PAD]
         chosen = tl.sum((b_union[:, None] == b_earlier[None, :]).to(tl.int32), 1) > 0
         seen |= chosen & (o_u // NUM_SEL_PAD > earlier)
     kept = ~seen
@@ -144,7 +146,8 @@ def _sparse_attention_kernel(
             token = block_j * PAGE + o_t  # [PAGE] positions
             causal = (token[None, :] <= position[:, None]) & valid  # [ROWS, PAGE]
             in_window = token[None, :] > position[:, None] - WINDOW
-            row_selected = (tl.sum((b_row_sel == block_j).to(tl.int32), 1) > 0)[:, None]  # [ROWS, 1]
+            query_hits = tl.sum((b_sel == block_j).to(tl.int64), 1) << o_g.to(tl.int64)  # [QG_PAD]: a bit each
+            row_selected = (((tl.sum(query_hits, 0) >> row_bit) & 1) == 1)[:, None]  # [ROWS, 1]
             if TREE:  # a node's tokens count for the nodes they are ancestors of, in both branches
                 node = token - position0  # [PAGE]
                 is_node = (node >= 0) & (node < num_queries)
