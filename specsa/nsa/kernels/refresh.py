@@ -29,6 +29,10 @@ import triton.language as tl
 
 from specsa.launch import pdl_prologue
 
+# fp32 inputs (fp32 models, the tests) are multiplied in full fp32, as torch does by
+# default, not rounded to TF32's 10-bit mantissa; bf16 and fp16 inputs ignore it.
+FP32_DOT = tl.constexpr("ieee")
+
 
 @triton.jit
 def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
@@ -40,7 +44,7 @@ def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
     b_alpha = tl.exp(b_m - b_m_safe)
     b_p = tl.exp(b_s - b_m_safe[:, None])
     b_l = b_l * b_alpha + tl.sum(b_p, 1)
-    b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+    b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=FP32_DOT)
     return b_m_new, b_l, b_acc, b_p
 
 
@@ -151,7 +155,7 @@ def _cmp_partial_kernel(
         b_k = tl.load(k_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)  # [BLOCK_N, D]
         b_v = tl.load(v_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)
         visible = o_n[None, :] < n_cmp[:, None]  # [ROWS, BLOCK_N]
-        b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
+        b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k), input_precision=FP32_DOT) * scale, float("-inf"))
         b_m, b_l, b_acc, b_p = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
         if SELECTING:
             b_ref = tl.where(b_m == float("-inf"), 0.0, b_m)  # [ROWS] the max the tile's parts (b_p) are against

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from specsa.launch import pdl_prologue
-from specsa.nsa.kernels.refresh import _online_softmax_step
+from specsa.nsa.kernels.refresh import FP32_DOT, _online_softmax_step
 
 
 @triton.jit
@@ -142,7 +142,7 @@ def _sparse_attention_kernel(
             p_kv = tl.maximum(page, 0) * stride_pp + o_t[:, None] * stride_pt + i_h * stride_ph + o_d[None, :]
             b_k = tl.load(k_pages_ptr + p_kv, mask=valid, other=0.0)  # [PAGE, D]
             b_v = tl.load(v_pages_ptr + p_kv, mask=valid, other=0.0)
-            b_s = tl.dot(b_q, tl.trans(b_k)) * scale  # [ROWS, PAGE]
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=FP32_DOT) * scale  # [ROWS, PAGE]
             token = block_j * PAGE + o_t  # [PAGE] positions
             causal = (token[None, :] <= position[:, None]) & valid  # [ROWS, PAGE]
             in_window = token[None, :] > position[:, None] - WINDOW
