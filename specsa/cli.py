@@ -271,7 +271,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    from specsa.generate import generate
+    from specsa.generate import check_lengths, generate
     from specsa.model.loader import load_tokenizer
     from specsa.orchestrate.profile import planner_for, saved_variants
     from specsa.sampling import SamplingParams
@@ -288,6 +288,7 @@ def run_generate(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model)
 
     prompt_ids = [encode(tokenizer, p, not args.no_chat_template) for p in prompts]
+    check_lengths(prompt_ids, params, model.config.max_position)  # before a GPU profile takes seconds
     eos = set(model.config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
