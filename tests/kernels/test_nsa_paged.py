@@ -212,3 +212,14 @@ def test_query_groups_are_even_and_fit_a_tile_unless_more_are_asked_for():
     assert _query_group(8, group_pad=4, min_groups=5) == 2  # 5 groups asked: ⌈8 / 5⌉ = 2 a group
     assert _query_group(1, group_pad=4, min_groups=5) == 1
     assert _query_group(16, group_pad=4, min_groups=0) == 16
+
+
+@pytest.mark.parametrize("query_group", [0, 65])
+def test_a_query_group_outside_a_tile_is_a_clear_error(query_group):
+    cfg = NSAConfig(cmp_block=8, cmp_stride=4, sel_block=16, num_selected=3, window=24)
+    cache = filled_cache(cfg, [40], heads=1, dim=16, seed=0)
+    q = torch.randn(1, 2, 2, 16, device=DEVICE)
+    seq = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="query_group is the verifier queries one program serves"):
+        nsa_paged(q, cache.k_pages[0], cache.v_pages[0], cache.block_table, seq, seq + 40, cache.k_cmp[0],
+                  cache.v_cmp[0], cfg, query_group=query_group)  # fmt: skip
