@@ -23,6 +23,7 @@ from specsa.nsa.kernels.sparse import _merge_kernel, _sparse_attention_kernel
 from specsa.nsa.tree import DraftTree
 
 MAX_TILE_ROWS = 64  # query rows (queries × group heads) per tile
+MAX_QUERY_GROUP = 64  # the sparse kernel marks which of a group's queries chose a page in one int64
 
 
 def _pow2(x: int) -> int:
@@ -118,8 +119,8 @@ def nsa_paged(
         raise ValueError("The gated combination needs gates of shape [B, T, Hq, 3].")
     if share_group < 1:
         raise ValueError(f"share_group must be at least 1, got {share_group}.")
-    if query_group is not None and not 1 <= query_group <= MAX_TILE_ROWS:
-        raise ValueError(f"query_group is the verifier queries one program serves, 1 … {MAX_TILE_ROWS}; got {query_group}.")
+    if query_group is not None and not 1 <= query_group <= MAX_QUERY_GROUP:
+        raise ValueError(f"query_group is the verifier queries one program serves, 1 … {MAX_QUERY_GROUP}; got {query_group}.")
     if tree is not None and (share_group > 1 or tree.depths.shape != (batch, num_queries)):
         raise ValueError(f"A draft tree needs share_group 1 and one node per query: depths [B, T] = "
                          f"{[batch, num_queries]}, got {list(tree.depths.shape)} with share_group {share_group}.")  # fmt: skip

@@ -96,7 +96,7 @@ def _sparse_attention_kernel(
     m_gs = m_g[:, None] & (o_s < NUM_SEL)[None, :]
     p_sel = selected_ptr + (g_row[:, None] * num_kv_heads + i_h) * NUM_SEL + o_s[None, :]
     b_sel = tl.load(p_sel, mask=m_gs, other=-1)
-    row_bit = tl.minimum(o_r // G_PAD, 63).to(tl.int64)  # [ROWS] the bit of the row's query (QUERY_GROUP ≤ 64)
+    row_bit = tl.minimum(o_r // G_PAD, 63).to(tl.int64)  # [ROWS] the bit of the row's query (`MAX_QUERY_GROUP`)
 
     # The union of the group's selections, as a list of first occurrences: entry
     # (query u, slot s) is kept unless an earlier query of the group chose the same block.
