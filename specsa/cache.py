@@ -59,6 +59,14 @@ class StepBatch:
             row += n
 
 
+def step_positions(slots: list[int], starts: list[int], query_lens: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """(slot of each new token, its position, each sequence's length after the step) for a
+    step that appends query_lens[i] tokens to slots[i], which held starts[i]."""
+    token_slots = [slot for slot, n in zip(slots, query_lens) for _ in range(n)]
+    positions = [p for start, n in zip(starts, query_lens) for p in range(start, start + n)]
+    return token_slots, positions, [start + n for start, n in zip(starts, query_lens)]
+
+
 class PagedKVCache:
     def __init__(
         self,
@@ -105,7 +113,12 @@ class PagedKVCache:
         return slot
 
     def free(self, slot: int) -> None:
+        """The slot and its pages go back to the pools."""
         self.truncate(slot, 0)
+        pages = self._pages_of[slot]
+        self.block_table[slot, : len(pages)] = -1
+        self._free_pages.extend(reversed(pages))
+        pages.clear()
         self._free_slots.append(slot)
 
     def extend(self, slot: int, num_tokens: int) -> int:
@@ -127,28 +140,27 @@ class PagedKVCache:
         self.lengths[slot] = end
         return start
 
+    def reserve(self, slots: list[int], query_lens: list[int]) -> list[int]:
+        """Room for a forward pass that appends query_lens[i] tokens to slots[i] (host work
+        only); returns the lengths before it."""
+        return [self.extend(slot, n) for slot, n in zip(slots, query_lens)]
+
     def step(self, slots: list[int], query_lens: list[int]) -> StepBatch:
-        """Reserve room for a forward pass that appends query_lens[i] tokens to slots[i]."""
-        starts = [self.extend(slot, n) for slot, n in zip(slots, query_lens)]
-        token_slots = [slot for slot, n in zip(slots, query_lens) for _ in range(n)]
-        positions = [p for start, n in zip(starts, query_lens) for p in range(start, start + n)]
-        seq_lens = [s + n for s, n in zip(starts, query_lens)]
+        """`reserve`, and the step's positions on the device."""
+        starts = self.reserve(slots, query_lens)
+        token_slots, positions, seq_lens = step_positions(slots, starts, query_lens)
         # One host-to-device copy for the whole step (four would each block on the host).
         packed = torch.tensor(token_slots + positions + slots + seq_lens).to(self.block_table.device)
         token_slots_t, positions_t, seq_slots_t, seq_lens_t = packed.split([len(positions)] * 2 + [len(slots)] * 2)
         return StepBatch(slots, starts, query_lens, token_slots_t, positions_t, seq_slots_t.int(), seq_lens_t.int())
 
     def truncate(self, slot: int, length: int) -> None:
-        """Forget everything at positions >= length (compressed tokens included)."""
+        """Forget everything at positions >= length (compressed tokens included). The
+        sequence keeps its pages until `free`: a speculative step's rollback and the next
+        step's tokens then cost no page bookkeeping and no block-table copy."""
         if not 0 <= length <= self.lengths[slot]:
             raise ValueError(f"Cannot truncate a sequence of {self.lengths[slot]} tokens to {length}.")
         self.lengths[slot] = length
-        pages = self._pages_of[slot]
-        keep = -(-length // self.page_size)
-        if len(pages) > keep:
-            self.block_table[slot, keep : len(pages)] = -1
-            while len(pages) > keep:
-                self._free_pages.append(pages.pop())
 
     # ------------------------------------------------------------------ data
 

@@ -112,12 +112,15 @@ def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None,
     return StepGraphs(model, cache, variants, **run) if cuda_graphs else None
 
 
-def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids, slots, query_lens, **run):
+def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids: Tensor | list[int],
+                slots: list[int], query_lens: list[int], **run) -> Tensor:  # fmt: skip
     """Logits [N, V] of a step that appends query_lens[i] tokens to slots[i]: replayed from
     a CUDA graph when every sequence appends the same number (and the shape is capturable),
     else run eagerly (with `run`, the options the graphs were captured with)."""
     if graphs is not None and len(set(query_lens)) == 1 and graphs.supports(len(slots), query_lens[0]):
         return graphs.logits(token_ids, slots, query_lens[0])
+    if isinstance(token_ids, list):
+        token_ids = torch.tensor(token_ids, device=model.lm_head.weight.device)
     return model.logits(model(token_ids, slots, query_lens, cache, **run))
 
 
@@ -125,7 +128,7 @@ def decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, gene
     """One autoregressive step of the active requests (indices into gens and slots): each
     one's last token in, one sampled token out. Returns the requests still running.
     `host_work()` is called while the GPU runs the step."""
-    ids = torch.tensor([gens[i].token_ids[-1] for i in active], device=model.lm_head.weight.device)
+    ids = [gens[i].token_ids[-1] for i in active]
     logits = step_logits(model, cache, graphs, ids, [slots[i] for i in active], [1] * len(active))
     next_tokens = sample(logits, params, generator)
     if host_work is not None:

@@ -43,16 +43,18 @@ def test_interleaved_sequences_read_back_and_compress_like_the_whole():
     torch.testing.assert_close(v_cmp, -k_cmp)
 
 
-def test_truncation_frees_pages_and_invalidates_compressed_tokens():
+def test_truncation_keeps_pages_and_invalidates_compressed_tokens():
     cache, gen = new_cache(max_seqs=1, max_len=64), torch.Generator().manual_seed(1)
     slot = cache.allocate()
     first = torch.randn(50, 2, 4, generator=gen, dtype=torch.float64)
     append(cache, slot, first, first)
+    table = cache.block_table[slot].clone()
     cache.truncate(slot, 20)
     assert cache.compressed(0, slot)[0].shape[0] == NSA.num_cmp_tokens(20) == 4
-    assert (cache.block_table[slot] >= 0).sum() == 2
+    assert torch.equal(cache.block_table[slot], table) and (table >= 0).sum() == 4
     replacement = torch.randn(30, 2, 4, generator=gen, dtype=torch.float64)
-    append(cache, slot, replacement, replacement)  # pages freed by truncate are reused
+    append(cache, slot, replacement, replacement)  # into the pages the sequence kept
+    assert torch.equal(cache.block_table[slot], table)
     whole = torch.cat([first[:20], replacement])
     torch.testing.assert_close(cache.keys_values(0, slot)[0], whole)
     torch.testing.assert_close(cache.compressed(0, slot)[0], compress(whole[None], NSA, mean_compression)[0])
@@ -60,6 +62,19 @@ def test_truncation_frees_pages_and_invalidates_compressed_tokens():
         cache.extend(slot, 15)
     with pytest.raises(ValueError, match="truncate"):
         cache.truncate(slot, 51)
+
+
+def test_a_freed_sequence_gives_its_pages_back():
+    cache = new_cache(max_seqs=2, max_len=64)
+    first = cache.allocate()
+    cache.extend(first, 64)
+    cache.truncate(first, 10)
+    cache.free(first)
+    assert (cache.block_table[first] == -1).all()
+    second, third = cache.allocate(), cache.allocate()
+    cache.extend(second, 64)
+    cache.extend(third, 64)  # all 8 pages: only possible once the first's 4 came back
+    assert len(set(cache.block_table[[second, third]].flatten().tolist())) == 8
 
 
 def test_slots_run_out_with_a_clear_error():

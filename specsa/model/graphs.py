@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from specsa.cache import PagedKVCache, StepBatch
+from specsa.cache import PagedKVCache, StepBatch, step_positions
 from specsa.config import StepVariant
 from specsa.model.decoder import CausalLM
 
@@ -24,8 +24,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
-    token_ids: Tensor  # [bucket·T] static inputs …
-    batch: StepBatch  # … whose tensors are filled before each replay
+    bucket: int  # sequences, the real ones first
+    # [bucket·T] token ids, [bucket·T] token slots, [bucket·T] positions, [bucket] sequence
+    # slots, [bucket] lengths after the step: the static inputs, int64 on the device …
+    inputs: Tensor
+    staged: Tensor  # … and their pinned host twin, copied in one transfer before each replay
     logits: Tensor  # [bucket·T, V] static output
 
 
@@ -42,17 +45,28 @@ class StepGraphs:
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple[int, int], _Captured] = {}
 
-    def logits(self, token_ids: Tensor, slots: list[int], query_len: int) -> Tensor:
-        """Append query_len tokens to each sequence (token_ids [B·T]) and return the
-        logits [B·T, V], as model.logits(model(...)) would."""
-        num_seqs = len(slots)
+    def logits(self, token_ids: Tensor | list[int], slots: list[int], query_len: int) -> Tensor:
+        """Append query_len tokens to each sequence (token_ids [B·T], on the host or already
+        on the device) and return the logits [B·T, V], as model.logits(model(...)) would."""
+        num_seqs, rows = len(slots), len(slots) * query_len
         captured = self.prepare(num_seqs, query_len)
-        step = self.cache.step(slots, [query_len] * num_seqs)
-        rows = num_seqs * query_len
-        captured.token_ids[:rows] = token_ids
-        for name in ("token_slots", "positions", "seq_slots", "seq_lens"):
-            getattr(captured.batch, name)[: len(getattr(step, name))] = getattr(step, name)
-        self._pad(captured.batch, num_seqs, query_len)
+        bucket = captured.bucket
+        starts = self.cache.reserve(slots, [query_len] * num_seqs)
+        # Rows past the real sequences: sequences of query_len tokens in the scratch slot.
+        padding = bucket - num_seqs
+        slots = slots + [self.cache.scratch_slot] * padding
+        token_slots, positions, seq_lens = step_positions(slots, starts + [0] * padding, [query_len] * bucket)
+        host = token_slots + positions + slots + seq_lens
+        on_host = isinstance(token_ids, list)
+        if on_host:
+            host = token_ids + [0] * (bucket * query_len - rows) + host
+        first = len(captured.inputs) - len(host)
+        captured.staged.numpy()[first:] = host  # numpy reads a list ~8x faster than torch.tensor
+        # Blocking, so `staged` is free again on return; the device is idle between steps
+        # anyway, except while a model drafter chains its steps.
+        captured.inputs[first:].copy_(captured.staged[first:])
+        if not on_host:
+            captured.inputs[:rows] = token_ids
         captured.graph.replay()
         return captured.logits[:rows]
 
@@ -78,15 +92,13 @@ class StepGraphs:
             if bucket >= num_seqs:
                 break
 
-    def _pad(self, batch: StepBatch, num_seqs: int, query_len: int) -> None:
-        """Rows past the real sequences: a sequence of query_len tokens in the scratch slot."""
-        if num_seqs == len(batch.slots):
-            return
-        rows = num_seqs * query_len
-        batch.token_slots[rows:] = self.cache.scratch_slot
-        batch.positions[rows:] = torch.arange(query_len, device=batch.positions.device).repeat(len(batch.slots) - num_seqs)
-        batch.seq_slots[num_seqs:] = self.cache.scratch_slot
-        batch.seq_lens[num_seqs:] = query_len
+    def _batch(self, inputs: Tensor, bucket: int, query_len: int, variant: StepVariant) -> StepBatch:
+        """The step as the captured forward pass reads it: views of the static inputs (the
+        host lists are the scratch slot's; a captured step reads only the tensors)."""
+        rows = bucket * query_len
+        token_slots, positions, seq_slots, seq_lens = inputs[rows:].split([rows, rows, bucket, bucket])
+        return StepBatch([self.cache.scratch_slot] * bucket, [0] * bucket, [query_len] * bucket, token_slots,
+                         positions, seq_slots.int(), seq_lens.int(), query_group=variant.query_group)  # fmt: skip
 
     def _capture(self, bucket: int, query_len: int) -> _Captured:
         if query_len > self.cache.page_size:
@@ -95,25 +107,23 @@ class StepGraphs:
         rows = bucket * query_len
         variant = self.variants.get((bucket, query_len), StepVariant())
         run = dict(self.run_options, exact=variant.exact)
-        batch = StepBatch(
-            [self.cache.scratch_slot] * bucket, [0] * bucket, [query_len] * bucket,
-            token_slots=torch.empty(rows, dtype=torch.long, device=device),
-            positions=torch.empty(rows, dtype=torch.long, device=device),
-            seq_slots=torch.empty(bucket, dtype=torch.int32, device=device),
-            seq_lens=torch.empty(bucket, dtype=torch.int32, device=device),
-            query_group=variant.query_group,
-        )  # fmt: skip
-        self._pad(batch, 0, query_len)
-        token_ids = torch.zeros(rows, dtype=torch.long, device=device)
+        # Until the first step writes them: a step of the scratch slot's (as padding rows are).
+        scratch = [self.cache.scratch_slot] * bucket
+        token_slots, positions, seq_lens = step_positions(scratch, [0] * bucket, [query_len] * bucket)
+        inputs = torch.tensor([0] * rows + token_slots + positions + scratch + seq_lens, device=device)
+        token_ids = inputs[:rows]
         side = torch.cuda.Stream()  # warm-up (Triton compiles) off the capturing stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
+            batch = self._batch(inputs, bucket, query_len, variant)
             self.model.logits(self.model.run(token_ids, batch, self.cache, **run))
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
+            batch = self._batch(inputs, bucket, query_len, variant)
             logits = self.model.logits(self.model.run(token_ids, batch, self.cache, **run))
         graph.replay()  # the first launch uploads the graph (hundreds of nodes): pay it here, not in a timed step
-        captured = _Captured(graph, token_ids, batch, logits)
+        staged = torch.empty_like(inputs, device="cpu").pin_memory()
+        captured = _Captured(graph, bucket, inputs, staged, logits)
         self.captured[(bucket, query_len)] = captured
         return captured

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from specsa.spec.drafter import matched_prefix
+
 
 def rejection_sample(
     draft_tokens: Tensor,
@@ -42,11 +44,9 @@ def rejection_sample(
     return accepted, next_token
 
 
-def greedy_accept(draft_tokens: Tensor, target_argmax: Tensor, num_drafts: Tensor) -> tuple[Tensor, Tensor]:
-    """`rejection_sample` for a greedy target (p one-hot at its argmax), without [B, K, V]
-    distributions: the longest prefix of drafts equal to the argmax is kept, then the
-    argmax follows. draft_tokens [B, K], target_argmax [B, K+1], num_drafts [B]."""
-    k = draft_tokens.shape[1]
-    is_draft = torch.arange(k, device=draft_tokens.device) < num_drafts[:, None]
-    accepted = ((draft_tokens == target_argmax[:, :k]) & is_draft).long().cumprod(-1).sum(-1)  # [B]
-    return accepted, target_argmax.gather(1, accepted[:, None])[:, 0]
+def greedy_accept(drafts: list[list[int]], target_argmax: list[list[int]]) -> tuple[list[int], list[int]]:
+    """`rejection_sample` for a greedy target (p one-hot at its argmax), on the host and
+    without [B, K, V] distributions: the longest prefix of drafts equal to the argmax is
+    kept, then the argmax follows. drafts: B lists (any lengths ≤ K); target_argmax [B][K+1]."""
+    accepted = [matched_prefix(row_drafts, row) for row_drafts, row in zip(drafts, target_argmax)]
+    return accepted, [row[a] for row, a in zip(target_argmax, accepted)]

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from specsa.config import StepVariant
@@ -15,7 +16,7 @@ from specsa.generate import (Generation, check_lengths, decode_step, start_reque
 from specsa.model.decoder import CausalLM
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import greedy_accept, rejection_sample
-from specsa.spec.drafter import Drafter
+from specsa.spec.drafter import Drafter, Proposal
 
 
 @dataclass
@@ -154,22 +155,16 @@ def generate_speculative(
         width = max(num_drafts)
         # Verify: each sequence feeds its last committed token and its drafts, padded to one
         # length so the step has one shape (a CUDA graph); padding is never accepted.
-        # One host-to-device copy carries the feed and the draft counts.
         feed = [[context[-1]] + drafts + [0] * (width - len(drafts)) for context, drafts in zip(contexts, proposal.tokens)]
-        rows = len(feed) * (width + 1)
-        packed = torch.tensor(sum(feed, []) + num_drafts + (proposal.verdict or [])).to(device)
-        feed_ids, num_drafts_t, verdict = packed[:rows], packed[rows : rows + len(feed)], packed[rows + len(feed) :]
-        draft_tokens = feed_ids.view(len(feed), width + 1)[:, 1:]
         lengths_before = [cache.lengths[slots[i]] for i in active]
-        logits = step_logits(model, cache, graphs, feed_ids, active_slots, [width + 1] * len(feed))
-        accepted, next_token = _accept(logits, draft_tokens, num_drafts_t, proposal.probs,
-                                       None if proposal.verdict is None else verdict, params, generator)  # fmt: skip
+        logits = step_logits(model, cache, graphs, [t for row in feed for t in row], active_slots, [width + 1] * len(feed))
+        verified = _verify(logits.view(len(feed), width + 1, -1), feed, num_drafts, proposal, params, generator)
         if planner is not None:  # its bookkeeping, while the GPU verifies
             planner.book_steps(len(active))
         t2 = synchronize(device)
+        accepted, next_token = _decide(verified, proposal, params)
 
         still_active = []
-        accepted, next_token = torch.stack([accepted, next_token]).tolist()  # one device sync, not one per row
         for row, i in enumerate(active):
             num_accepted = accepted[row]
             committed = proposal.tokens[row][:num_accepted] + [next_token[row]]
@@ -195,20 +190,35 @@ def generate_speculative(
     return gens
 
 
-def _accept(logits, draft_tokens, num_drafts, draft_probs, verdict, params: SamplingParams, generator):
-    """(accepted [B], next_token [B]) from the verification logits [B·(K+1), V] of drafts
-    [B, K]. Greedy compares with the argmax (no [B, K, V] distributions); sampling runs the
-    rejection rule (`draft_probs` None: one-hot drafts). A benchmark oracle's `verdict` [B]
-    replaces the greedy decision."""
-    batch, k = draft_tokens.shape
+def _verify(logits: Tensor, feed: list[list[int]], num_drafts: list[int], proposal: Proposal,
+            params: SamplingParams, generator) -> Tensor:  # fmt: skip
+    """The device's part of acceptance, launched behind the verification step. logits
+    [B, K+1, V] of feed [B, K+1] (the last committed token, then K drafts, padded).
+    Greedy: the target's argmax [B, K+1]; the host compares the drafts with it. Sampling:
+    (accepted, next token) [2, B] from the rejection rule (`proposal.probs` None: one-hot)."""
     if params.greedy:
-        target_argmax = logits.argmax(-1).view(batch, k + 1)
-        if verdict is not None:
-            return verdict, target_argmax.gather(1, verdict[:, None])[:, 0]
-        return greedy_accept(draft_tokens, target_argmax, num_drafts)
-    if verdict is not None:
+        return logits.argmax(-1)
+    if proposal.verdict is not None:
         raise ValueError("An oracle drafter's verdict is for greedy decoding; set temperature 0.")
+    device, draft_probs = logits.device, proposal.probs
+    draft_tokens = torch.tensor(feed, device=device)[:, 1:]
     if draft_probs is None:
         draft_probs = torch.nn.functional.one_hot(draft_tokens, logits.shape[-1]).float()
-    target_probs = target_probabilities(logits, params).view(batch, k + 1, -1)
-    return rejection_sample(draft_tokens, draft_probs[:, :k], target_probs, num_drafts, generator)
+    target_probs = target_probabilities(logits.flatten(0, 1), params).view(logits.shape)
+    num_drafts_t = torch.tensor(num_drafts, device=device)
+    return torch.stack(rejection_sample(draft_tokens, draft_probs[:, : draft_tokens.shape[1]], target_probs,
+                                        num_drafts_t, generator))  # fmt: skip
+
+
+def _decide(verified: Tensor, proposal: Proposal, params: SamplingParams) -> tuple[list[int], list[int]]:
+    """(accepted, next token) per sequence, as host lists (one device sync). Greedy keeps the
+    longest prefix of drafts equal to the target's argmax, then the argmax follows (what
+    the rejection rule does with a one-hot target); a benchmark oracle's verdict replaces
+    that decision."""
+    if not params.greedy:
+        accepted, next_token = verified.tolist()
+        return accepted, next_token
+    target_argmax = verified.tolist()  # [B, K+1]
+    if proposal.verdict is None:
+        return greedy_accept(proposal.tokens, target_argmax)
+    return proposal.verdict, [row[a] for row, a in zip(target_argmax, proposal.verdict)]

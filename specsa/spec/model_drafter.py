@@ -73,11 +73,9 @@ class ModelDrafter:
             if behind:
                 prefill(self.model, self.cache, own_slot, behind, self.prefill_chunk)
             return
-        device = self.model.lm_head.weight.device
         for begin in range(0, len(behind), self.catch_up_step):
             chunk = behind[begin : begin + self.catch_up_step]
-            step_logits(self.model, self.cache, self.graphs, torch.tensor(chunk, device=device), [own_slot], [len(chunk)],
-                        **self.forward_options)  # fmt: skip
+            step_logits(self.model, self.cache, self.graphs, chunk, [own_slot], [len(chunk)], **self.forward_options)
 
     def start(self, slot: int, context: list[int]) -> None:
         self._catch_up(self.own_slot(slot), context)
