@@ -57,14 +57,15 @@ def _query_group(num_queries: int, group_pad: int, min_groups: int = 1) -> int:
 _resident: dict[tuple, int] = {}
 
 
-def _resident_programs(kernel, launch: dict, device: torch.device, args: Callable[[], tuple]) -> int:
-    """Programs of `kernel`, compiled as `launch` asks for `args()`, that the whole GPU
-    holds at once (registers, shared memory and warps per SM); 2 an SM off the GPU. Split
-    counts fill these slots once: a second, partial wave of long programs left most SMs
-    idle (v13)."""
+def _resident_programs(kernel, launch: dict, device: torch.device, dtype: torch.dtype,
+                       args: Callable[[], tuple]) -> int:  # fmt: skip
+    """Programs of `kernel`, compiled as `launch` asks for `args()` (tensors of `dtype`),
+    that the whole GPU holds at once (registers, shared memory and warps per SM); 2 an SM
+    off the GPU. Split counts fill these slots once: a second, partial wave of long
+    programs left most SMs idle (v13)."""
     if device.type != "cuda":
         return _programs_wanted(device)
-    key = (kernel, device.index, *sorted(launch.items()))
+    key = (kernel, device.index, dtype, *sorted(launch.items()))
     if key not in _resident:
         compiled = kernel.warmup(*args(), grid=(1,), **launch)
         compiled._init_handles()  # registers are known once the module is loaded
@@ -275,7 +276,8 @@ def _attend_union(
             unused = torch.empty(0, device=q.device, dtype=torch.float32)
             return args(unused, unused)
 
-        resident = _resident_programs(_sparse_attention_kernel, dict(launch, SPLITS=2), q.device, with_placeholders)
+        resident = _resident_programs(_sparse_attention_kernel, dict(launch, SPLITS=2), q.device, q.dtype,
+                                      with_placeholders)  # fmt: skip
         splits = max(1, min(most_items, resident // programs))
     part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, device=q.device, dtype=torch.float32)
     part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, device=q.device, dtype=torch.float32)
