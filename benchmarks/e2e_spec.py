@@ -18,7 +18,12 @@ with the autoregressive tokens (`token_match`, up to
 the first difference; greedy `exact` differs only by bf16 rounding of near-ties, which
 random weights are full of). Past such a difference the oracle's verdict keeps the set
 acceptance (`Proposal.verdict`), so the cost measured stays the one asked for.
-Throughput = generated tokens / decode wall time; CUDA graphs on; prefill apart. The
+Random weights also make adjacent queries select nearly disjoint blocks, so verification
+loads many more distinct pages than a trained model's would; every point reports the
+overlap it measured (`selection_overlap`: one verification step of γ+1 tokens after the
+first prompt, medians over layers). `--query-bias S` gives the random model's queries a
+shared component (`random_model`), which raises that overlap towards a trained model's;
+rows then say so. Throughput = generated tokens / decode wall time; CUDA graphs on; prefill apart. The
 oracle's draw for a draft is keyed by the token it lands on, so strategies meet the same
 luck (common random numbers) however their drafts fall. With `--repeats N` every strategy
 runs N times in turn, repeat r with oracle seed r for all of them, and rows report the
@@ -41,9 +46,10 @@ import triton
 from e2e_decode import MODELS, random_model
 
 from specsa.config import NSAConfig
-from specsa.generate import generate
+from specsa.generate import generate, prefill
 from specsa.orchestrate.bench import token_match
 from specsa.model.decoder import CausalLM
+from specsa.nsa.layout import load_savings, pairwise_overlap
 from specsa.orchestrate.costs import StepCosts, variants_by_shape
 from specsa.orchestrate.planner import AutoPlanner
 from specsa.orchestrate.policy import choose
@@ -89,6 +95,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of every strategy, in turn, each with its own oracle luck; rows report the median")
+    parser.add_argument("--query-bias", type=float, default=0.0,
+                        help="std of a q-projection bias shared by all queries (0: plain random weights), "
+                             "which raises their selections' overlap towards a trained model's")  # fmt: skip
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     rate_sets = {"oracle@smollm2-ngram": smollm2_rates(args.smollm2_bench), **RATES}
@@ -100,7 +109,8 @@ def main() -> None:
                              f"reaches ({max_gamma}): give --smollm2-bench a report with ngram:{max_gamma}.")
     rows = []
     result = {
-        "benchmark": "e2e_spec", "weights": "random", "drafter": "ORACLE (target's own continuation at set rates)",
+        "benchmark": "e2e_spec", "weights": f"random, q bias std {args.query_bias}" if args.query_bias else "random",
+        "drafter": "ORACLE (target's own continuation at set rates)",
         "rates": rate_sets, "smollm2_bench": str(args.smollm2_bench),
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "date": time.strftime("%Y-%m-%d"), "nsa": {k: getattr(v, "value", v) for k, v in vars(NSAConfig()).items()},
@@ -114,7 +124,8 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1))
 
-    nsa_model, dense_model = random_model(MODELS[args.model], "nsa"), random_model(MODELS[args.model], "dense")
+    nsa_model = random_model(MODELS[args.model], "nsa", args.query_bias)
+    dense_model = random_model(MODELS[args.model], "dense", args.query_bias)
     vocab = nsa_model.config.vocab_size
     params = SamplingParams(max_new_tokens=args.new_tokens)
     warm = [torch.randint(0, vocab, (2048,)).tolist()]  # compile every kernel variant once
@@ -131,6 +142,7 @@ def main() -> None:
             base = {"model": args.model, "context": context, "batch": batch, "new_tokens": args.new_tokens}
             ar = generate(nsa_model, prompts, params, frozenset(), prefill_chunk=NSA_PREFILL_CHUNK)
             reference = [g.token_ids for g in ar]
+            base["selection_overlap"] = selection_overlap(nsa_model, prompts[0], reference[0], max_gamma + 1)
             costs = {}  # batch bucket -> step costs, at every bucket the batch shrinks through as sequences finish
             for bucket in buckets_up_to(batch):
                 measured = measure_step_costs(nsa_model, context, bucket, max_gamma)
@@ -164,6 +176,23 @@ def main() -> None:
                                policy_choice_at_true_rates=choose(costs[batch_bucket(batch)], true_rates, max_gamma).gamma)
                 record(row)
             torch.cuda.empty_cache()
+
+
+def selection_overlap(model: CausalLM, prompt: list[int], continuation: list[int], num_queries: int) -> dict:
+    """How alike the NSA selections of one verification step of `num_queries` tokens after
+    `prompt` are: medians over layers of `pairwise_overlap` and `load_savings` (per-query
+    block loads / the union's; 1 means disjoint, num_queries identical)."""
+    cache = model.new_cache(1, len(prompt) + num_queries)
+    slot = cache.allocate()
+    prefill(model, cache, slot, prompt, chunk=NSA_PREFILL_CHUNK)
+    record: list = []
+    tokens = torch.tensor(continuation[:num_queries], device=model.lm_head.weight.device)
+    with torch.inference_mode():
+        model(tokens, [slot], [num_queries], cache, record=record)
+    layouts = [selection[0] for selection in record]  # [T, Hkv, n] per layer
+    return {"queries": num_queries,
+            "pairwise_overlap": round(statistics.median(pairwise_overlap(layout) for layout in layouts), 3),
+            "load_savings": round(statistics.median(load_savings(layout) for layout in layouts), 2)}  # fmt: skip
 
 
 @dataclass(frozen=True)
