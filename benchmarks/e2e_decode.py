@@ -53,8 +53,12 @@ def random_model(cfg: ModelConfig, attention: str, query_bias: float = 0.0) -> C
     barely overlap, where a trained model's overlap a lot (SmolLM2 on real text: pairwise
     overlap 0.8–0.9 for 8 queries) and verification loads far fewer distinct blocks.
     `query_bias` > 0 dials the overlap in: every layer's q projection gets one fixed
-    random bias of that standard deviation per entry (k and v biases stay zero), a
-    component all queries share. Callers measure the overlap it gives and report it."""
+    random bias of that standard deviation per entry of each head's slowly rotating
+    RoPE dimensions (the upper half of each rotate-half pair's frequencies; k and v
+    biases stay zero), a component all queries share. In the fast dimensions a shared
+    part would not survive RoPE from one position to the next, nor the mean pooling of
+    the compressed keys that selection ranks by. Callers measure the overlap it gives
+    and report it."""
     if query_bias:
         cfg = dataclasses.replace(cfg, qkv_bias=True)
     torch.manual_seed(0)
@@ -68,8 +72,9 @@ def random_model(cfg: ModelConfig, attention: str, query_bias: float = 0.0) -> C
     for name, p in model.named_parameters():  # norms at 1 as in trained models: logits are not all ties
         torch.nn.init.ones_(p) if name.endswith("norm.weight") else torch.nn.init.normal_(p, std=0.02)
     if query_bias:
-        q_size = cfg.num_q_heads * cfg.head_dim
-        shared = torch.randn(q_size, device="cuda", dtype=torch.bfloat16) * query_bias
+        q_size, half = cfg.num_q_heads * cfg.head_dim, cfg.head_dim // 2
+        slow = torch.arange(q_size, device="cuda") % cfg.head_dim % half >= half // 2  # dims i and i + D/2 share a frequency
+        shared = torch.randn(q_size, device="cuda", dtype=torch.bfloat16) * query_bias * slow
         with torch.no_grad():
             for layer in model.model.layers:
                 bias = layer.self_attn.qkv_proj.bias
