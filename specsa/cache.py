@@ -112,6 +112,10 @@ class PagedKVCache:
         self.lengths[slot] = 0
         return slot
 
+    @property
+    def num_free_slots(self) -> int:
+        return len(self._free_slots)
+
     def free(self, slot: int) -> None:
         """The slot and its pages go back to the pools."""
         self.truncate(slot, 0)

@@ -14,6 +14,7 @@ from specsa.cache import PagedKVCache
 from specsa.config import StepVariant
 from specsa.model.decoder import CausalLM
 from specsa.model.graphs import StepGraphs
+from specsa.prompt_cache import PromptCache
 from specsa.sampling import SamplingParams, sample
 
 
@@ -26,6 +27,7 @@ class Generation:
     finish_reason: str = ""  # "eos" | "length"
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    cached_tokens: int = 0  # prompt tokens a `PromptCache` already held (not prefilled)
     # prompt_ids + token_ids, kept as tokens come: drafters read it every step, and
     # rebuilding it would cost O(context) per step (~0.2 ms for 64K tokens).
     context: list[int] = field(init=False)
@@ -88,13 +90,16 @@ def start_requests(
     generator: torch.Generator | None,
     prefill_chunk: int,
     progress: bool,
+    cached: list[int],
 ) -> list[int]:
-    """Prefill every prompt and sample its first token; returns the requests still running."""
+    """Prefill every prompt past the `cached[i]` tokens its slot already holds and sample
+    its first token; returns the requests still running."""
     device = model.lm_head.weight.device
     last_logits = []
-    for gen, slot in zip(gens, slots):
+    for gen, slot, num_cached in zip(gens, slots, cached):
         start = synchronize(device)
-        last_logits.append(prefill(model, cache, slot, gen.prompt_ids, prefill_chunk, progress))
+        gen.cached_tokens = num_cached
+        last_logits.append(prefill(model, cache, slot, gen.prompt_ids[num_cached:], prefill_chunk, progress))
         gen.prefill_s = synchronize(device) - start
     first = sample(torch.stack(last_logits), params, generator).tolist()
     return [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
@@ -146,28 +151,34 @@ def generate(
     prefill_chunk: int = 1024,
     cuda_graphs: bool | None = None,
     progress: bool = False,
+    prompt_cache: PromptCache | None = None,
 ) -> list[Generation]:
     """Greedy or sampled autoregressive decoding; prompts may differ in length.
-    `cuda_graphs`: replay decode steps from CUDA graphs (default: on CUDA with kernels)."""
+    `cuda_graphs`: replay decode steps from CUDA graphs (default: on CUDA with kernels).
+    `prompt_cache`: keep the requests' KV caches for later calls, and start from what it
+    holds of these prompts (default: a cache for this call alone)."""
     check_lengths(prompts, params, model.config.max_position)
     device = model.lm_head.weight.device
     generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
-    cache = model.new_cache(len(prompts), max(map(len, prompts)) + params.max_new_tokens)
+    room = params.max_new_tokens
+    if prompt_cache is None:
+        prompt_cache = PromptCache(model, len(prompts), max(map(len, prompts)) + room)
+    cache = prompt_cache.cache
     gens = [Generation(list(p)) for p in prompts]
-    slots = [cache.allocate() for _ in prompts]
-    graphs = step_graphs(model, cache, cuda_graphs)
+    with prompt_cache.requests(prompts, room) as (slots, cached):
+        graphs = step_graphs(model, cache, cuda_graphs)
+        active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress, cached)
+        if graphs is not None and active:
+            graphs.prepare_all(len(active), [1])
+        start = synchronize(device)
 
-    active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
-    if graphs is not None and active:
-        graphs.prepare_all(len(active), [1])
-    start = synchronize(device)
-
-    bar = tqdm(total=params.max_new_tokens, desc="decode", unit="tok", leave=False, disable=not progress or None)
-    while active:
-        active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator)
-        bar.update(1)
-    bar.close()
-    decode_s = synchronize(device) - start
-    for gen in gens:
-        gen.decode_s = decode_s
+        bar = tqdm(total=params.max_new_tokens, desc="decode", unit="tok", leave=False, disable=not progress or None)
+        while active:
+            active = decode_step(model, cache, graphs, gens, slots, active, params, eos_ids, generator)
+            bar.update(1)
+        bar.close()
+        decode_s = synchronize(device) - start
+        for gen, slot in zip(gens, slots):
+            gen.decode_s = decode_s
+            prompt_cache.park(slot, gen.context)
     return gens

@@ -14,6 +14,7 @@ from specsa.config import StepVariant
 from specsa.generate import (Generation, check_lengths, decode_step, start_requests, step_graphs, step_logits,
                               synchronize)  # fmt: skip
 from specsa.model.decoder import CausalLM
+from specsa.prompt_cache import PromptCache
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import greedy_accept, rejection_sample
 from specsa.spec.drafter import Drafter, Proposal
@@ -77,14 +78,16 @@ def generate_speculative(
     planner=None,
     step_variants: dict[tuple[int, int], StepVariant] | None = None,
     progress: bool = False,
+    prompt_cache: PromptCache | None = None,
 ) -> list[SpecGeneration]:
     """Like `generate`, but each target pass verifies up to K drafted tokens per sequence.
 
     `drafter_factory(cache, generator)` builds the drafter once the target's cache exists
     (the self drafter works in it). `planner` (`orchestrate.planner.AutoPlanner`) picks the
     draft length of every step, up to K; without it every step drafts K. `step_variants`:
-    how the target's captured steps run, from a profile (`StepGraphs`). Greedy output
-    equals autoregressive greedy output; sampled output has the target's distribution.
+    how the target's captured steps run, from a profile (`StepGraphs`). `prompt_cache`:
+    as `generate` takes it. Greedy output equals autoregressive greedy output; sampled
+    output has the target's distribution.
     """
     if num_speculative_tokens < 1:
         raise ValueError(f"--num-speculative-tokens must be at least 1, got {num_speculative_tokens}.")
@@ -92,14 +95,27 @@ def generate_speculative(
     k = num_speculative_tokens
     device = model.lm_head.weight.device
     generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
-    # Verification appends up to K tokens past what is finally kept.
-    cache = model.new_cache(len(prompts), max(map(len, prompts)) + params.max_new_tokens + k)
+    room = params.max_new_tokens + k  # verification appends up to K tokens past what is finally kept
+    if prompt_cache is None:
+        prompt_cache = PromptCache(model, len(prompts), max(map(len, prompts)) + room)
+    with prompt_cache.requests(prompts, room) as (slots, cached):
+        gens = _decode(model, prompts, params, eos_ids, drafter_factory, k, prompt_cache.cache, slots, cached,
+                       generator, prefill_chunk, cuda_graphs, planner, step_variants, progress)  # fmt: skip
+        for gen, slot in zip(gens, slots):
+            prompt_cache.park(slot, gen.context)
+    return gens
+
+
+def _decode(model, prompts, params, eos_ids, drafter_factory, k, cache, slots, cached, generator, prefill_chunk,
+            cuda_graphs, planner, step_variants, progress) -> list[SpecGeneration]:  # fmt: skip
+    """The loop of `generate_speculative` over slots of `cache` that hold `cached[i]` of
+    each prompt's tokens already."""
+    device = model.lm_head.weight.device
     drafter: Drafter = drafter_factory(cache, generator)
     gens = [SpecGeneration(list(p), stats=SpecStats(k)) for p in prompts]
-    slots = [cache.allocate() for _ in prompts]
     graphs = step_graphs(model, cache, cuda_graphs, step_variants)
 
-    active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress)
+    active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress, cached)
     for i in active:  # the drafter reads each prompt, as part of that request's prefill
         began = synchronize(device)
         drafter.start(slots[i], gens[i].context)
