@@ -6,7 +6,11 @@ is often less.
 Each finished request leaves its slot parked with the tokens its cache holds. A new
 prompt takes the parked slot sharing its longest beginning, which is cut back to that
 beginning; a prompt sharing nothing takes a free slot, or the slot parked longest ago.
-Reuse is exact: the kept keys and values are the ones a fresh prefill would write.
+The kept keys and values are the ones the earlier request wrote, so the output is what
+a fresh cache gives (token for token in float32; in bf16 up to the rounding of near-ties,
+as with any change of prefill chunks). Under `--precision shared` or `reuse`, generated
+tokens' keys and values are those its verification steps computed, where a fresh prefill
+would compute them exactly.
 """
 
 from __future__ import annotations
