@@ -1,4 +1,5 @@
 """`specsa generate`: text from a model with NSA attention, on the CPU or a GPU;
+`specsa chat`: a conversation from stdin, its KV cache kept between turns;
 `specsa profile`: this GPU's step costs, which `--spec auto` decides with;
 `specsa bench`: autoregressive vs speculative strategies vs `auto`, as JSON, Markdown, PNG."""
 
@@ -7,9 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from specsa.errors import ModelLoadError
+
+if TYPE_CHECKING:  # the command line starts without importing torch
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from specsa.model.decoder import CausalLM
+    from specsa.sampling import SamplingParams
 from specsa.model.registry import DEFAULT_MODEL
 
 AUTO_REACH = 8  # the longest draft `auto` may verify unless told; it verifies fewer where they do not pay
@@ -31,28 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for a batch")
     gen.add_argument("--prompt-file", action="append", default=[], help="file holding one prompt; '-' for stdin")
     gen.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--seed", type=int, default=None)
-    add_model_arguments(gen)
-    spec = gen.add_argument_group("speculative decoding")
-    spec.add_argument("--spec", default="auto", choices=["auto", "off", "ngram", "self", "draft"],
-                      help="drafter; auto (default) drafts by prompt lookup (and by --draft-model if given) "
-                           "only when this GPU's measured step costs and the acceptance so far say it pays")  # fmt: skip
-    spec.add_argument("--num-speculative-tokens", type=int, default=None,
-                      help=f"K: tokens drafted per step (default {FIXED_DRAFT}); auto: at most (default {AUTO_REACH})")
-    spec.add_argument("--draft-model", default=None, help="model for --spec draft, or for auto to weigh against prompt lookup "
-                                                                 "(same vocabulary as --model)")  # fmt: skip
-    spec.add_argument("--ngram-min", type=int, default=1, help="shortest suffix --spec ngram looks up")
-    spec.add_argument("--ngram-max", type=int, default=4, help="longest suffix --spec ngram looks up")
-    spec.add_argument("--self-draft-selected", type=int, default=4, help="n of the self drafter's NSA")
-    spec.add_argument("--self-draft-window", type=int, default=64, help="w of the self drafter's NSA")
-    spec.add_argument("--self-draft-layers", default=None, help="layers the self drafter runs, e.g. 0-11,20")
-    gen.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per prefill pass")
-    gen.add_argument("--enforce-eager", action="store_true", help="run decode and verify steps without CUDA graphs")
-    gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_generation_arguments(gen)
+
+    chat = commands.add_parser("chat", help="a conversation read from stdin, a question a line; its KV cache is kept "
+                                            "between turns, so each turn prefills only what is new")  # fmt: skip
+    chat.add_argument("--document", default=None, help="file whose text opens the conversation, sent with the first question")
+    add_generation_arguments(chat)
 
     prof = commands.add_parser("profile", help="measure this GPU's step costs and fastest kernel variants (saved, reused)")
     add_model_arguments(prof)
@@ -80,6 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="runs of every strategy, in turn; rows report the median (GPU timings vary by ~10%%)")
     bench.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
     return parser
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sampling, the model and speculative decoding: the same for `generate` and `chat`."""
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+    add_model_arguments(parser)
+    spec = parser.add_argument_group("speculative decoding")
+    spec.add_argument("--spec", default="auto", choices=["auto", "off", "ngram", "self", "draft"],
+                      help="drafter; auto (default) drafts by prompt lookup (and by --draft-model if given) "
+                           "only when this GPU's measured step costs and the acceptance so far say it pays")  # fmt: skip
+    spec.add_argument("--num-speculative-tokens", type=int, default=None,
+                      help=f"K: tokens drafted per step (default {FIXED_DRAFT}); auto: at most (default {AUTO_REACH})")
+    spec.add_argument("--draft-model", default=None, help="model for --spec draft, or for auto to weigh against prompt lookup "
+                                                                 "(same vocabulary as --model)")  # fmt: skip
+    spec.add_argument("--ngram-min", type=int, default=1, help="shortest suffix --spec ngram looks up")
+    spec.add_argument("--ngram-max", type=int, default=4, help="longest suffix --spec ngram looks up")
+    spec.add_argument("--self-draft-selected", type=int, default=4, help="n of the self drafter's NSA")
+    spec.add_argument("--self-draft-window", type=int, default=64, help="w of the self drafter's NSA")
+    spec.add_argument("--self-draft-layers", default=None, help="layers the self drafter runs, e.g. 0-11,20")
+    parser.add_argument("--prefill-chunk", type=int, default=1024, help="prompt tokens per prefill pass")
+    parser.add_argument("--enforce-eager", action="store_true", help="run decode and verify steps without CUDA graphs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt (per turn in chat)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -270,35 +290,51 @@ def run_bench(args: argparse.Namespace) -> None:
     print(Path(args.out, "bench.md").read_text())
 
 
-def run_generate(args: argparse.Namespace) -> None:
-    from specsa.generate import check_lengths, generate
-    from specsa.model.loader import load_tokenizer
-    from specsa.orchestrate.profile import planner_for, saved_variants
-    from specsa.sampling import SamplingParams
-    from specsa.spec.engine import generate_speculative
+@dataclass
+class Session:
+    """What `generate` and `chat` decode with, from their arguments."""
 
-    prompts = read_prompts(args)
-    params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    if args.num_speculative_tokens is None:
-        args.num_speculative_tokens = AUTO_REACH if args.spec == "auto" else FIXED_DRAFT
-    check_spec_args(args)
-    if args.prefill_chunk < 1:
-        raise ValueError(f"--prefill-chunk must be at least 1, got {args.prefill_chunk}.")
-    model, overrides, dtype, device = load_target(args)
-    tokenizer = load_tokenizer(args.model)
+    args: argparse.Namespace
+    model: CausalLM
+    tokenizer: PreTrainedTokenizerBase
+    params: SamplingParams
+    eos: frozenset[int]
+    overrides: dict  # NSA fields the command line set
+    dtype: torch.dtype
+    device: torch.device
 
-    prompt_ids = [encode(tokenizer, p, not args.no_chat_template) for p in prompts]
-    check_lengths(prompt_ids, params, model.config.max_position)  # before a GPU profile takes seconds
-    eos = set(model.config.eos_token_ids)
-    if tokenizer.eos_token_id is not None:
-        eos.add(tokenizer.eos_token_id)
-    auto = None
-    options = dict(prefill_chunk=args.prefill_chunk, cuda_graphs=False if args.enforce_eager else None, progress=True)
-    if args.spec == "off":
-        results = generate(model, prompt_ids, params, frozenset(eos), **options)
-    else:
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> Session:
+        from specsa.model.loader import load_tokenizer
+        from specsa.sampling import SamplingParams
+
+        params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+        if args.num_speculative_tokens is None:
+            args.num_speculative_tokens = AUTO_REACH if args.spec == "auto" else FIXED_DRAFT
+        check_spec_args(args)
+        if args.prefill_chunk < 1:
+            raise ValueError(f"--prefill-chunk must be at least 1, got {args.prefill_chunk}.")
+        model, overrides, dtype, device = load_target(args)
+        tokenizer = load_tokenizer(args.model)
+        eos = set(model.config.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        return cls(args, model, tokenizer, params, frozenset(eos), overrides, dtype, device)
+
+    def decode(self, prompt_ids: list[list[int]], prompt_cache=None) -> tuple[list, dict | None]:
+        """(generations, what `auto` chose) for a batch of prompts, by the chosen --spec."""
+        from specsa.generate import check_lengths, generate
+        from specsa.orchestrate.profile import planner_for, saved_variants
+        from specsa.spec.engine import generate_speculative
+
+        args, model, params = self.args, self.model, self.params
+        check_lengths(prompt_ids, params, model.config.max_position)  # before a GPU profile takes seconds
+        options = dict(prefill_chunk=args.prefill_chunk, cuda_graphs=False if args.enforce_eager else None,
+                       progress=True, prompt_cache=prompt_cache)  # fmt: skip
+        if args.spec == "off":
+            return generate(model, prompt_ids, params, self.eos, **options), None
         max_len = max(map(len, prompt_ids)) + params.max_new_tokens + args.num_speculative_tokens
-        factory = make_drafter_factory(args, model, params, overrides, dtype, device, len(prompt_ids), max_len)
+        factory = make_drafter_factory(args, model, params, self.overrides, self.dtype, self.device, len(prompt_ids), max_len)
         planner = None
         if args.spec == "auto":
             planner = planner_for(model, max_len, len(prompt_ids), args.num_speculative_tokens,
@@ -306,12 +342,52 @@ def run_generate(args: argparse.Namespace) -> None:
             options["step_variants"] = planner.step_variants
         else:
             options["step_variants"] = saved_variants(model, max_len, len(prompt_ids))
-        results = generate_speculative(model, prompt_ids, params, frozenset(eos), factory, args.num_speculative_tokens,
+        results = generate_speculative(model, prompt_ids, params, self.eos, factory, args.num_speculative_tokens,
                                        planner=planner, **options)  # fmt: skip
-        if planner is not None:
-            auto = {"drafter": "ngram", **planner.report()}
+        return results, None if planner is None else {"drafter": "ngram", **planner.report()}
+
+    def text(self, result) -> str:
+        return self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    prompts = read_prompts(args)
+    session = Session.load(args)
+    prompt_ids = [encode(session.tokenizer, p, not args.no_chat_template) for p in prompts]
+    results, auto = session.decode(prompt_ids)
     for result in results:
-        report(args, result, tokenizer.decode(result.token_ids, skip_special_tokens=True), device, auto)
+        report(args, result, session.text(result), session.device, auto)
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    """A question a line from stdin, each answered with the whole conversation before it
+    as the prompt; a `PromptCache` keeps the conversation's KV cache between turns."""
+    from specsa.prompt_cache import PromptCache
+
+    document = ""
+    if args.document is not None:
+        try:
+            document = Path(args.document).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"Cannot read the document {args.document!r}: {error.strerror}.") from None
+    session = Session.load(args)
+    if not session.tokenizer.chat_template:
+        raise ValueError(f"{args.model} has no chat template; use `specsa generate` for plain text.")
+    config = session.model.config
+    prompt_cache = PromptCache(session.model, 1, config.max_position + args.num_speculative_tokens)
+    messages: list[dict] = []
+    for line in sys.stdin:
+        question = line.strip()
+        if not question:
+            continue
+        if document and not messages:
+            question = f"{document}\n\n{question}"
+        messages.append({"role": "user", "content": question})
+        prompt = session.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        (result,), auto = session.decode([list(prompt)], prompt_cache)
+        answer = session.text(result)
+        messages.append({"role": "assistant", "content": answer})
+        report(args, result, answer, session.device, auto)
 
 
 def report(args: argparse.Namespace, result, text: str, device, auto: dict | None) -> None:
@@ -320,6 +396,7 @@ def report(args: argparse.Namespace, result, text: str, device, auto: dict | Non
         "text": text,
         "token_ids": result.token_ids,
         "prompt_tokens": len(result.prompt_ids),
+        "cached_tokens": result.cached_tokens,
         "generated_tokens": generated,
         "finish_reason": result.finish_reason,
         "prefill_s": round(result.prefill_s, 6),
@@ -346,8 +423,9 @@ def report(args: argparse.Namespace, result, text: str, device, auto: dict | Non
         return
     print(text)
     spec = f"; spec {args.spec}, acceptance length {record['acceptance_length']:.2f}" if stats else ""
+    cached = f" ({result.cached_tokens} cached)" if result.cached_tokens else ""
     print(
-        f"[{record['prompt_tokens']} prompt tokens, prefill {record['prefill_s']:.2f}s; {generated} tokens "
+        f"[{record['prompt_tokens']} prompt tokens{cached}, prefill {record['prefill_s']:.2f}s; {generated} tokens "
         f"in {record['decode_s']:.2f}s = {record['decode_tokens_per_s']} tok/s; {args.attention}, {device}{spec}]",
         file=sys.stderr,
     )
@@ -356,7 +434,7 @@ def report(args: argparse.Namespace, result, text: str, device, auto: dict | Non
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"generate": run_generate, "profile": run_profile, "bench": run_bench}[args.command](args)
+        {"generate": run_generate, "chat": run_chat, "profile": run_profile, "bench": run_bench}[args.command](args)
     except (ValueError, ModelLoadError) as error:  # CacheFullError is a RuntimeError: a bug, not input
         print(f"specsa: error: {error}", file=sys.stderr)
         return 2

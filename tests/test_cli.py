@@ -156,3 +156,41 @@ def test_approximate_precision_classes_run_and_are_reported(capsys, tiny_llama, 
 def test_profile_needs_a_gpu_and_numbers(capsys, tiny_llama, argv, message):
     code, _, err = run(capsys, "profile", "--model", str(tiny_llama), *argv)
     assert code == 2 and message in err
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tiny_llama, tmp_path_factory):
+    """The tiny checkpoint with a chat template: turns joined as plain words."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("chat")
+    shutil.copytree(tiny_llama, directory, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("spec", ["off", "ngram"])
+def test_chat_keeps_the_conversations_cache_between_turns(capsys, tiny_chat_model, tmp_path, monkeypatch, spec):
+    import io
+
+    document = " ".join(f"w{(i * 7) % 100 + 2}" for i in range(70))
+    (tmp_path / "doc.txt").write_text(document)
+    monkeypatch.setattr("sys.stdin", io.StringIO("w3 w4\n\nw5 w6\n"))
+    code, out, err = run(capsys, "chat", "--model", str(tiny_chat_model), "--document", str(tmp_path / "doc.txt"),
+                         "--max-new-tokens", "4", "--spec", spec, "--json", *SPARSE_FLAGS)  # fmt: skip
+    assert code == 0, err
+    first, second = map(json.loads, out.splitlines())
+    assert first["prompt_tokens"] == 72 and first["cached_tokens"] == 0  # the document and the first question
+    assert second["prompt_tokens"] > first["prompt_tokens"] + first["generated_tokens"]
+    assert second["cached_tokens"] >= first["prompt_tokens"]  # the document is not prefilled again
+
+
+def test_chat_without_a_chat_template_or_document_is_a_clear_error(capsys, tiny_llama, tmp_path):
+    code, _, err = run(capsys, "chat", "--model", str(tiny_llama))
+    assert code == 2 and "has no chat template; use `specsa generate`" in err
+    code, _, err = run(capsys, "chat", "--model", str(tiny_llama), "--document", str(tmp_path / "missing.txt"))
+    assert code == 2 and "Cannot read the document" in err
