@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the command line starts without importing torch
     from transformers import PreTrainedTokenizerBase
 
     from specsa.model.decoder import CausalLM
+    from specsa.prompt_cache import PromptCache
     from specsa.sampling import SamplingParams
 from specsa.model.registry import DEFAULT_MODEL
 
@@ -321,7 +322,7 @@ class Session:
             eos.add(tokenizer.eos_token_id)
         return cls(args, model, tokenizer, params, frozenset(eos), overrides, dtype, device)
 
-    def decode(self, prompt_ids: list[list[int]], prompt_cache=None) -> tuple[list, dict | None]:
+    def decode(self, prompt_ids: list[list[int]], prompt_cache: PromptCache | None = None) -> tuple[list, dict | None]:
         """(generations, what `auto` chose) for a batch of prompts, by the chosen --spec."""
         from specsa.generate import check_lengths, generate
         from specsa.orchestrate.profile import planner_for, saved_variants
@@ -361,7 +362,8 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_chat(args: argparse.Namespace) -> None:
     """A question a line from stdin, each answered with the whole conversation before it
-    as the prompt; a `PromptCache` keeps the conversation's KV cache between turns."""
+    as the prompt; a `PromptCache` keeps the conversation's KV cache between turns (made
+    anew, twice as long, when a turn outgrows it: that turn prefills everything)."""
     from specsa.prompt_cache import PromptCache
 
     document = ""
@@ -373,8 +375,7 @@ def run_chat(args: argparse.Namespace) -> None:
     session = Session.load(args)
     if not session.tokenizer.chat_template:
         raise ValueError(f"{args.model} has no chat template; use `specsa generate` for plain text.")
-    config = session.model.config
-    prompt_cache = PromptCache(session.model, 1, config.max_position + args.num_speculative_tokens)
+    prompt_cache = None
     messages: list[dict] = []
     for line in sys.stdin:
         question = line.strip()
@@ -383,8 +384,12 @@ def run_chat(args: argparse.Namespace) -> None:
         if document and not messages:
             question = f"{document}\n\n{question}"
         messages.append({"role": "user", "content": question})
-        prompt = session.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
-        (result,), auto = session.decode([list(prompt)], prompt_cache)
+        prompt = list(session.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
+        needed = len(prompt) + args.max_new_tokens + args.num_speculative_tokens
+        if prompt_cache is None or prompt_cache.cache.max_len < needed:  # twice what this turn needs: room to grow
+            longest = session.model.config.max_position + args.num_speculative_tokens
+            prompt_cache = PromptCache(session.model, 1, min(2 * needed, longest))
+        (result,), auto = session.decode([prompt], prompt_cache)
         answer = session.text(result)
         messages.append({"role": "assistant", "content": answer})
         report(args, result, answer, session.device, auto)

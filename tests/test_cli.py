@@ -179,14 +179,17 @@ def test_chat_keeps_the_conversations_cache_between_turns(capsys, tiny_chat_mode
 
     document = " ".join(f"w{(i * 7) % 100 + 2}" for i in range(70))
     (tmp_path / "doc.txt").write_text(document)
-    monkeypatch.setattr("sys.stdin", io.StringIO("w3 w4\n\nw5 w6\n"))
+    long_question = " ".join(f"w{i % 90 + 5}" for i in range(150))
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"w3 w4\n\nw5 w6\n{long_question}\nw7\n"))
     code, out, err = run(capsys, "chat", "--model", str(tiny_chat_model), "--document", str(tmp_path / "doc.txt"),
                          "--max-new-tokens", "4", "--spec", spec, "--json", *SPARSE_FLAGS)  # fmt: skip
     assert code == 0, err
-    first, second = map(json.loads, out.splitlines())
+    first, second, third, fourth = map(json.loads, out.splitlines())
     assert first["prompt_tokens"] == 72 and first["cached_tokens"] == 0  # the document and the first question
     assert second["prompt_tokens"] > first["prompt_tokens"] + first["generated_tokens"]
     assert second["cached_tokens"] >= first["prompt_tokens"]  # the document is not prefilled again
+    assert third["cached_tokens"] == 0  # it outgrew the cache, which was made anew, twice its size
+    assert fourth["cached_tokens"] >= third["prompt_tokens"]
 
 
 def test_chat_without_a_chat_template_or_document_is_a_clear_error(capsys, tiny_llama, tmp_path):
