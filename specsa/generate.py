@@ -14,7 +14,7 @@ from specsa.cache import PagedKVCache
 from specsa.config import StepVariant
 from specsa.model.decoder import CausalLM
 from specsa.model.graphs import StepGraphs
-from specsa.prompt_cache import PromptCache
+from specsa.prompt_cache import PromptCache, cache_for_call
 from specsa.sampling import SamplingParams, sample
 
 
@@ -161,8 +161,7 @@ def generate(
     device = model.lm_head.weight.device
     generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
     room = params.max_new_tokens
-    if prompt_cache is None:
-        prompt_cache = PromptCache(model, len(prompts), max(map(len, prompts)) + room)
+    prompt_cache = cache_for_call(prompt_cache, model, prompts, room)
     cache = prompt_cache.cache
     gens = [Generation(list(p)) for p in prompts]
     with prompt_cache.requests(prompts, room) as (slots, cached):

@@ -32,6 +32,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def cache_for_call(prompt_cache: PromptCache | None, model: CausalLM, prompts: list[list[int]], room: int) -> PromptCache:
+    """The prompt cache a `generate` call uses: the caller's, or one for this call alone.
+    `room`: tokens a request may add past its prompt."""
+    if prompt_cache is None:
+        return PromptCache(model, len(prompts), max(map(len, prompts)) + room)
+    if prompt_cache.model is not model:
+        raise ValueError("This prompt cache was made for another model: make one with PromptCache(model, …) for it.")
+    return prompt_cache
+
+
 class PromptCache:
     """One `generate` call at a time uses it (pass it as `prompt_cache=`)."""
 
@@ -40,6 +50,7 @@ class PromptCache:
         tokens and, when speculating, the drafts verified past them)."""
         if max_seqs < 1 or max_len < 2:
             raise ValueError(f"A prompt cache needs max_seqs ≥ 1 and max_len ≥ 2; got {max_seqs} and {max_len}.")
+        self.model = model
         self.cache: PagedKVCache = model.new_cache(max_seqs, max_len)
         self.max_seqs = max_seqs
         self.parked: dict[int, list[int]] = {}  # slot -> the tokens its cache holds, longest parked first

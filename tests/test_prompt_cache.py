@@ -88,3 +88,9 @@ def test_too_many_or_too_long_prompts_and_a_failed_call_leave_a_usable_cache(mod
         generate_speculative(model, [tokens(20, 1)], PARAMS, frozenset(), failing_drafter, 2, prompt_cache=prompt_cache)
     assert prompt_cache.cache.num_free_slots == 2 and not prompt_cache.parked
     assert len(generate(model, [tokens(20, 2)] * 2, PARAMS, frozenset(), prompt_cache=prompt_cache)) == 2
+
+
+def test_a_prompt_cache_serves_only_the_model_it_was_made_for(model, tiny_llama):
+    other = load_model(str(tiny_llama), nsa_overrides=SPARSE)
+    with pytest.raises(ValueError, match="made for another model"):
+        generate(other, [tokens(20, 0)], PARAMS, frozenset(), prompt_cache=PromptCache(model, 1, 100))

@@ -14,7 +14,7 @@ from specsa.config import StepVariant
 from specsa.generate import (Generation, check_lengths, decode_step, start_requests, step_graphs, step_logits,
                               synchronize)  # fmt: skip
 from specsa.model.decoder import CausalLM
-from specsa.prompt_cache import PromptCache
+from specsa.prompt_cache import PromptCache, cache_for_call
 from specsa.sampling import SamplingParams, target_probabilities
 from specsa.spec.acceptance import greedy_accept, rejection_sample
 from specsa.spec.drafter import Drafter, Proposal
@@ -96,8 +96,7 @@ def generate_speculative(
     device = model.lm_head.weight.device
     generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
     room = params.max_new_tokens + k  # verification appends up to K tokens past what is finally kept
-    if prompt_cache is None:
-        prompt_cache = PromptCache(model, len(prompts), max(map(len, prompts)) + room)
+    prompt_cache = cache_for_call(prompt_cache, model, prompts, room)
     with prompt_cache.requests(prompts, room) as (slots, cached):
         gens = _decode(model, prompts, params, eos_ids, drafter_factory, k, prompt_cache.cache, slots, cached,
                        generator, prefill_chunk, cuda_graphs, planner, step_variants, progress)  # fmt: skip
