@@ -52,7 +52,6 @@ class PromptCache:
             raise ValueError(f"A prompt cache needs max_seqs ≥ 1 and max_len ≥ 2; got {max_seqs} and {max_len}.")
         self.model = model
         self.cache: PagedKVCache = model.new_cache(max_seqs, max_len)
-        self.max_seqs = max_seqs
         self.parked: dict[int, list[int]] = {}  # slot -> the tokens its cache holds, longest parked first
         self._open: set[int] = set()  # slots of the requests running now
 
@@ -62,8 +61,9 @@ class PromptCache:
         prompt's first tokens its slot already holds. `room`: tokens a request may add
         past its prompt. On leaving, `park(slot, tokens)` must have been called for each
         slot that finished; the rest are freed (an error midway leaves nothing behind)."""
-        if len(prompts) > self.max_seqs:
-            raise ValueError(f"{len(prompts)} prompts at once, but the prompt cache holds {self.max_seqs} "
+        max_seqs = len(self.cache.lengths)
+        if len(prompts) > max_seqs:
+            raise ValueError(f"{len(prompts)} prompts at once, but the prompt cache holds {max_seqs} "
                              f"requests; make it larger or pass fewer prompts.")  # fmt: skip
         for i, prompt in enumerate(prompts):
             if len(prompt) + room > self.cache.max_len:
