@@ -246,42 +246,38 @@ def _attend_union(
     window_blocks = min(math.ceil((window + spread - 1) / page) + 1, block_table.shape[1])
     programs = batch * query_groups * num_kv_heads
     most_items = num_selected * query_group + window_blocks
-    # The page loop resolves ITEM_CHUNK items to pages at a time and pipelines within a
-    # chunk: about a program's items (at about two programs an SM), from 8 to 32. Long
-    # programs drain the pipeline less often; short ones do not pay for larger [chunk,
-    # union] tiles (H100, 64K, B8, T = 9, random layouts: 8 -> 32 took D64 74 -> 70 µs,
-    # D128 108 -> 105 µs at their best splits; batch 1 at 32: +0–3%).
-    items_per_program = math.ceil(most_items * programs / _programs_wanted(q.device))
-    item_chunk = min(32, max(8, _pow2(items_per_program)))
     # A third stage pays for groups of verifier queries (v13 sweep, H100: 64q/4kv B8 T5
     # −10%, other T > 1 within ±3%), not for one query's rows (decode, batch 1 to 32:
     # +5 to +12%; query-centric verification, B8 T8 D128, overlap 0.3: 126 -> 105 µs).
     num_stages = 3 if query_group > 1 else 2
     tree_args = tree if tree is not None else (seq_lens, seq_lens)
 
-    def args(part_o: Tensor, part_ml: Tensor) -> tuple:
-        return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, part_o, part_ml, *tree_args, num_queries,
+    def args(union: Tensor, part_o: Tensor, part_ml: Tensor) -> tuple:
+        return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, union, part_o, part_ml, *tree_args, num_queries,
                 q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
                 block_table.stride(0), scale)  # fmt: skip
 
     launch = dict(
         WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), MERGED=merged,
         QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
-        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, ITEM_CHUNK=item_chunk,
-        NUM_STAGES=num_stages, TREE=tree is not None, **pdl,
+        ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, NUM_STAGES=num_stages,
+        TREE=tree is not None, **pdl,
     )  # fmt: skip
     if splits is None:
 
         def with_placeholders() -> tuple:  # only called to compile
             unused = torch.empty(0, device=q.device, dtype=torch.float32)
-            return args(unused, unused)
+            return args(unused.int(), unused, unused)
 
         resident = _resident_programs(_sparse_attention_kernel, dict(launch, SPLITS=2), q.device, q.dtype,
                                       with_placeholders)  # fmt: skip
         splits = max(1, min(most_items, resident // programs))
+    union = torch.empty(programs * splits, _pow2(query_group) * _pow2(num_selected), device=q.device, dtype=torch.int32)
     part_o = torch.empty(rows, num_q_heads, splits, 2, head_dim, device=q.device, dtype=torch.float32)
     part_ml = torch.empty(rows, num_q_heads, splits, 2, 2, device=q.device, dtype=torch.float32)
-    _sparse_attention_kernel[(batch * query_groups, num_kv_heads, splits)](*args(part_o, part_ml), SPLITS=splits, **launch)
+    _sparse_attention_kernel[(batch * query_groups, num_kv_heads, splits)](
+        *args(union, part_o, part_ml), SPLITS=splits, **launch
+    )  # fmt: skip
 
     cmp_part_o, cmp_part_ml, cmp_splits = cmp_parts
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -2,8 +2,8 @@
 
 `_sparse_attention_kernel`, grid (B·query groups, Hkv, splits): a program serves a group of
 QUERY_GROUP adjacent queries × the KV head's G query heads as one [rows, D] tile. It walks
-the union of what those queries need — every block any of them selected, then the window
-blocks none of them selected — so each distinct KV page is loaded once and masked per
+the union of what those queries need — every block any of them selected outside the
+group's window, then the window's blocks — so each distinct KV page is loaded once and masked per
 query: a row counts a token if it is causal and (merged) the row's query selected its
 block or it lies in the row's window; (gated) the selected and window branches keep two
 softmax states fed by the same loaded tile. The union is split across programs (split-K);
@@ -33,6 +33,7 @@ def _sparse_attention_kernel(
     slots_ptr,  # [B] int32
     seq_lens_ptr,  # [B] int32, including the T new tokens
     selected_ptr,  # [B·T, Hkv, NUM_SEL] int32, any order, -1 pads
+    union_ptr,  # [programs, QUERY_GROUP_PAD·NUM_SEL_PAD] int32 scratch: each program's union blocks
     part_o_ptr,  # [B·T, Hq, SPLITS, 2, D] fp32: unnormalised partial outputs (branch 0 slc/merged, 1 win)
     part_ml_ptr,  # [B·T, Hq, SPLITS, 2, 2] fp32: (max, denominator)
     depths_ptr,  # [B·T] int32 (TREE): each node's depth
@@ -58,7 +59,6 @@ def _sparse_attention_kernel(
     ROWS: tl.constexpr,  # max(16, QUERY_GROUP_PAD·G_PAD)
     D: tl.constexpr,
     PAGE: tl.constexpr,
-    ITEM_CHUNK: tl.constexpr,  # pages resolved together
     NUM_STAGES: tl.constexpr,  # software pipelining depth of the page loop
     TREE: tl.constexpr,  # queries are draft-tree nodes (`nsa/tree.py`), their tokens in node order
     PDL: tl.constexpr,
@@ -99,19 +99,25 @@ def _sparse_attention_kernel(
     row_bit = tl.minimum(o_r // G_PAD, 63).to(tl.int64)  # [ROWS] the bit of the row's query (`MAX_QUERY_GROUP`)
 
     # The union of the group's selections, as a list of first occurrences: entry
-    # (query u, slot s) is kept unless an earlier query of the group chose the same block.
+    # (query u, slot s) is kept unless an earlier query of the group chose the same block,
+    # or the block lies in the group's window (the window's items load it).
+    first_window_block = tl.maximum(window_start, 0) // PAGE
+    last_window_block = window_end // PAGE
     o_u = tl.arange(0, QUERY_GROUP_PAD * NUM_SEL_PAD)
     b_union = tl.reshape(b_sel, [QUERY_GROUP_PAD * NUM_SEL_PAD])  # [U]
-    seen = b_union < 0
+    seen = (b_union < 0) | ((b_union >= first_window_block) & (b_union <= last_window_block))
     for earlier in tl.static_range(QUERY_GROUP - 1):
         b_earlier = tl.sum(tl.where(o_g[:, None] == earlier, b_sel, 0), 0)  # [NUM_SEL_PAD]
         chosen = tl.sum((b_union[:, None] == b_earlier[None, :]).to(tl.int32), 1) > 0
         seen |= chosen & (o_u // NUM_SEL_PAD > earlier)
     kept = ~seen
-    order = tl.cumsum(kept.to(tl.int32), 0) - 1  # [U] index among the kept entries
     num_union = tl.sum(kept.to(tl.int32), 0)
-    first_window_block = tl.maximum(window_start, 0) // PAGE
-    num_window_blocks = window_end // PAGE - first_window_block + 1
+    # The kept blocks, compacted into this program's row of the scratch list, so the page
+    # loop reads item k's block with one load (L1/L2) instead of a reduction over a tile.
+    i_program = (tl.program_id(0) * num_kv_heads + i_h) * SPLITS + i_split
+    p_union = union_ptr + i_program * QUERY_GROUP_PAD * NUM_SEL_PAD
+    tl.store(p_union + tl.cumsum(kept.to(tl.int32), 0) - 1, b_union, mask=kept)
+    tl.debug_barrier()  # every warp's part of the list written before any warp reads it
 
     b_m0 = tl.full([ROWS], float("-inf"), tl.float32)  # selected (merged: everything)
     b_l0 = tl.zeros([ROWS], tl.float32)
@@ -120,51 +126,43 @@ def _sparse_attention_kernel(
     b_l1 = tl.zeros([ROWS], tl.float32)
     b_acc1 = tl.zeros([ROWS, D], tl.float32)
     o_t = tl.arange(0, PAGE)
-    # This program's items are i_split, i_split + SPLITS, …: union entries first, then the
-    # window blocks no query of the group selected. They are resolved to pages a chunk at a
-    # time, so the loop below loads K/V at addresses already in registers.
-    o_c = tl.arange(0, ITEM_CHUNK)
-    num_items = tl.cdiv(tl.maximum(num_union + num_window_blocks - i_split, 0), SPLITS)
-    for chunk in range(0, num_items, ITEM_CHUNK):
-        item = i_split + (chunk + o_c) * SPLITS  # [ITEM_CHUNK]
+    # Items: the union's blocks, then the group's window blocks; this program takes items
+    # i_split, i_split + SPLITS, … One straight-line loop (masks, no branch), so Triton
+    # pipelines the page loads across all of them.
+    num_items = tl.cdiv(tl.maximum(num_union + last_window_block - first_window_block + 1 - i_split, 0), SPLITS)
+    for k in tl.range(0, num_items, num_stages=NUM_STAGES):
+        item = i_split + k * SPLITS
         in_union = item < num_union
-        union_block = tl.sum(tl.where(kept[None, :] & (order[None, :] == item[:, None]), b_union[None, :], 0), 1)
-        window_block = first_window_block + item - num_union
-        block = tl.where(in_union, union_block, window_block)  # [ITEM_CHUNK]
-        in_any = tl.sum((b_union[None, :] == window_block[:, None]).to(tl.int32), 1) > 0
-        needed = (chunk + o_c < num_items) & (in_union | ~in_any)
-        pages = tl.load(block_table_ptr + slot * stride_bt + block, mask=needed, other=-1)
-        # Straight-line body (masks, no branch) so Triton can pipeline the page loads.
-        for j in tl.range(0, tl.minimum(ITEM_CHUNK, num_items - chunk), num_stages=NUM_STAGES):
-            page = tl.sum(tl.where(o_c == j, pages, 0))
-            valid = page >= 0  # an item some other query group entry already covers is skipped
-            block_j = tl.sum(tl.where(o_c == j, block, 0))
-            p_kv = tl.maximum(page, 0) * stride_pp + o_t[:, None] * stride_pt + i_h * stride_ph + o_d[None, :]
-            b_k = tl.load(k_pages_ptr + p_kv, mask=valid, other=0.0)  # [PAGE, D]
-            b_v = tl.load(v_pages_ptr + p_kv, mask=valid, other=0.0)
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=FP32_DOT) * scale  # [ROWS, PAGE]
-            token = block_j * PAGE + o_t  # [PAGE] positions
-            causal = (token[None, :] <= position[:, None]) & valid  # [ROWS, PAGE]
-            in_window = token[None, :] > position[:, None] - WINDOW
-            query_hits = tl.sum((b_sel == block_j).to(tl.int64), 1) << o_g.to(tl.int64)  # [QG_PAD]: a bit each
-            row_selected = (((tl.sum(query_hits, 0) >> row_bit) & 1) == 1)[:, None]  # [ROWS, 1]
-            if TREE:  # a node's tokens count for the nodes they are ancestors of, in both branches
-                node = token - position0  # [PAGE]
-                is_node = (node >= 0) & (node < num_queries)
-                ancestor = ((b_anc[:, None] >> tl.maximum(node, 0).to(tl.int64)[None, :]) & 1) == 1
-                ancestor = ancestor & is_node[None, :] & valid  # [ROWS, PAGE]
-                prefix = ((node < 0) & valid)[None, :]
-                causal = prefix | ancestor
-                row_selected = (row_selected & prefix) | ancestor
-                in_window = (in_window & prefix) | ancestor
-            if MERGED:
-                b_s0 = tl.where(causal & (row_selected | in_window), b_s, float("-inf"))
-                b_m0, b_l0, b_acc0, _ = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
-            else:
-                b_s0 = tl.where(causal & row_selected, b_s, float("-inf"))
-                b_m0, b_l0, b_acc0, _ = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
-                b_s1 = tl.where(causal & in_window, b_s, float("-inf"))
-                b_m1, b_l1, b_acc1, _ = _online_softmax_step(b_s1, b_m1, b_l1, b_acc1, b_v)
+        block_j = tl.where(in_union, tl.load(p_union + item, mask=in_union, other=0),
+                           first_window_block + item - num_union)  # fmt: skip
+        page = tl.load(block_table_ptr + slot * stride_bt + block_j)
+        valid = page >= 0
+        p_kv = tl.maximum(page, 0) * stride_pp + o_t[:, None] * stride_pt + i_h * stride_ph + o_d[None, :]
+        b_k = tl.load(k_pages_ptr + p_kv, mask=valid, other=0.0)  # [PAGE, D]
+        b_v = tl.load(v_pages_ptr + p_kv, mask=valid, other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=FP32_DOT) * scale  # [ROWS, PAGE]
+        token = block_j * PAGE + o_t  # [PAGE] positions
+        causal = (token[None, :] <= position[:, None]) & valid  # [ROWS, PAGE]
+        in_window = token[None, :] > position[:, None] - WINDOW
+        query_hits = tl.sum((b_sel == block_j).to(tl.int64), 1) << o_g.to(tl.int64)  # [QG_PAD]: a bit each
+        row_selected = (((tl.sum(query_hits, 0) >> row_bit) & 1) == 1)[:, None]  # [ROWS, 1]
+        if TREE:  # a node's tokens count for the nodes they are ancestors of, in both branches
+            node = token - position0  # [PAGE]
+            is_node = (node >= 0) & (node < num_queries)
+            ancestor = ((b_anc[:, None] >> tl.maximum(node, 0).to(tl.int64)[None, :]) & 1) == 1
+            ancestor = ancestor & is_node[None, :] & valid  # [ROWS, PAGE]
+            prefix = ((node < 0) & valid)[None, :]
+            causal = prefix | ancestor
+            row_selected = (row_selected & prefix) | ancestor
+            in_window = (in_window & prefix) | ancestor
+        if MERGED:
+            b_s0 = tl.where(causal & (row_selected | in_window), b_s, float("-inf"))
+            b_m0, b_l0, b_acc0, _ = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
+        else:
+            b_s0 = tl.where(causal & row_selected, b_s, float("-inf"))
+            b_m0, b_l0, b_acc0, _ = _online_softmax_step(b_s0, b_m0, b_l0, b_acc0, b_v)
+            b_s1 = tl.where(causal & in_window, b_s, float("-inf"))
+            b_m1, b_l1, b_acc1, _ = _online_softmax_step(b_s1, b_m1, b_l1, b_acc1, b_v)
 
     row = ((i_b * num_queries + query) * (num_kv_heads * G) + head) * SPLITS + i_split  # [ROWS] of [B·T, Hq, SPLITS]
     p_o = part_o_ptr + (row[:, None] * 2) * D + o_d[None, :]
