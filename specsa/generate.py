@@ -105,16 +105,34 @@ def start_requests(
     return [i for i, token in enumerate(first) if not gens[i].add(token, params, eos_ids)]
 
 
-def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None,
-                variants: dict[tuple[int, int], StepVariant] | None = None, **run) -> StepGraphs | None:  # fmt: skip
-    """CUDA graphs for the decode/verify steps: by default wherever the kernels run on CUDA.
-    `variants` and `run`: as `StepGraphs` takes them."""
+def _graphs_wanted(model: CausalLM, cuda_graphs: bool | None) -> bool:
+    """`cuda_graphs`, by default on wherever the kernels run on CUDA."""
     on_cuda = model.lm_head.weight.is_cuda
     if cuda_graphs is None:
-        cuda_graphs = on_cuda and model.use_kernels is not False
+        return on_cuda and model.use_kernels is not False
     if cuda_graphs and not on_cuda:
         raise ValueError("CUDA graphs need a CUDA device; drop the option on the CPU.")
-    return StepGraphs(model, cache, variants, **run) if cuda_graphs else None
+    return cuda_graphs
+
+
+def step_graphs(model: CausalLM, cache: PagedKVCache, cuda_graphs: bool | None, **run) -> StepGraphs | None:
+    """CUDA graphs for the decode/verify steps on `cache` (see `_graphs_wanted`); `run`: as
+    `StepGraphs` takes it."""
+    return StepGraphs(model, cache, **run) if _graphs_wanted(model, cuda_graphs) else None
+
+
+def kept_graphs(prompt_cache: PromptCache, cuda_graphs: bool | None,
+                variants: dict[tuple[int, int], StepVariant] | None = None) -> StepGraphs | None:  # fmt: skip
+    """The target's step graphs for a call on `prompt_cache`: those an earlier call on it
+    captured, if made with the same `variants`, else new ones kept for the next call. A
+    speculative call captures up to k + 1 step shapes a batch bucket (a chat's every turn
+    would, otherwise)."""
+    if not _graphs_wanted(prompt_cache.model, cuda_graphs):
+        return None
+    kept = prompt_cache.graphs
+    if kept is None or kept.variants != (variants or {}):
+        prompt_cache.graphs = StepGraphs(prompt_cache.model, prompt_cache.cache, variants)
+    return prompt_cache.graphs
 
 
 def step_logits(model: CausalLM, cache: PagedKVCache, graphs: StepGraphs | None, token_ids: Tensor | list[int],
@@ -165,7 +183,7 @@ def generate(
     cache = prompt_cache.cache
     gens = [Generation(list(p)) for p in prompts]
     with prompt_cache.requests(prompts, room) as (slots, cached):
-        graphs = step_graphs(model, cache, cuda_graphs)
+        graphs = kept_graphs(prompt_cache, cuda_graphs)
         active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress, cached)
         if graphs is not None and active:
             graphs.prepare_all(len(active), [1])

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 from specsa.cache import PagedKVCache
 from specsa.model.decoder import CausalLM
+from specsa.model.graphs import StepGraphs
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -54,6 +55,7 @@ class PromptCache:
         self.cache: PagedKVCache = model.new_cache(max_seqs, max_len)
         self.parked: dict[int, list[int]] = {}  # slot -> the tokens its cache holds, longest parked first
         self._open: set[int] = set()  # slots of the requests running now
+        self.graphs: StepGraphs | None = None  # the steps' CUDA graphs on this cache (`generate.kept_graphs`)
 
     @contextmanager
     def requests(self, prompts: list[list[int]], room: int) -> Iterator[tuple[list[int], list[int]]]:

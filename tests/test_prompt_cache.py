@@ -94,3 +94,23 @@ def test_a_prompt_cache_serves_only_the_model_it_was_made_for(model, tiny_llama)
     other = load_model(str(tiny_llama), nsa_overrides=SPARSE)
     with pytest.raises(ValueError, match="made for another model"):
         generate(other, [tokens(20, 0)], PARAMS, frozenset(), prompt_cache=PromptCache(model, 1, 100))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
+def test_a_later_call_replays_the_graphs_an_earlier_one_captured(tiny_llama):
+    model = load_model(str(tiny_llama), nsa_overrides=SPARSE, device="cuda")
+    prompt_cache = PromptCache(model, max_seqs=1, max_len=300)
+
+    def speculate(prompt, cache=None):
+        return generate_speculative(model, [prompt], PARAMS, frozenset(), lambda c, g: NgramDrafter(), 4,
+                                    prompt_cache=cache)[0]  # fmt: skip
+
+    first = speculate(tokens(80, 9), prompt_cache)
+    graphs, shapes = prompt_cache.graphs, set(prompt_cache.graphs.captured)
+    follow_up = first.context + tokens(20, 10)
+    second = speculate(follow_up, prompt_cache)
+    assert prompt_cache.graphs is graphs and set(graphs.captured) == shapes  # nothing captured again
+    assert second.token_ids == speculate(follow_up).token_ids
+    plain = generate(model, [follow_up + tokens(5, 11)], PARAMS, frozenset(), prompt_cache=prompt_cache)[0]
+    assert prompt_cache.graphs is graphs  # a plain call takes them too (T = 1 is among the shapes)
+    assert plain.token_ids == generate(model, [follow_up + tokens(5, 11)], PARAMS, frozenset())[0].token_ids

@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from specsa.config import StepVariant
-from specsa.generate import (Generation, check_lengths, decode_step, start_requests, step_graphs, step_logits,
+from specsa.generate import (Generation, check_lengths, decode_step, kept_graphs, start_requests, step_logits,
                               synchronize)  # fmt: skip
 from specsa.model.decoder import CausalLM
 from specsa.prompt_cache import PromptCache, cache_for_call
@@ -98,22 +98,21 @@ def generate_speculative(
     room = params.max_new_tokens + k  # verification appends up to K tokens past what is finally kept
     prompt_cache = cache_for_call(prompt_cache, model, prompts, room)
     with prompt_cache.requests(prompts, room) as (slots, cached):
-        gens = _decode(model, prompts, params, eos_ids, drafter_factory, k, prompt_cache.cache, slots, cached,
-                       generator, prefill_chunk, cuda_graphs, planner, step_variants, progress)  # fmt: skip
+        graphs = kept_graphs(prompt_cache, cuda_graphs, step_variants)
+        gens = _decode(model, prompts, params, eos_ids, drafter_factory, k, prompt_cache.cache, graphs, slots, cached,
+                       generator, prefill_chunk, planner, progress)  # fmt: skip
         for gen, slot in zip(gens, slots):
             prompt_cache.park(slot, gen.context)
     return gens
 
 
-def _decode(model, prompts, params, eos_ids, drafter_factory, k, cache, slots, cached, generator, prefill_chunk,
-            cuda_graphs, planner, step_variants, progress) -> list[SpecGeneration]:  # fmt: skip
+def _decode(model, prompts, params, eos_ids, drafter_factory, k, cache, graphs, slots, cached, generator,
+            prefill_chunk, planner, progress) -> list[SpecGeneration]:  # fmt: skip
     """The loop of `generate_speculative` over slots of `cache` that hold `cached[i]` of
-    each prompt's tokens already."""
+    each prompt's tokens already, replaying `graphs` (or None: eager steps)."""
     device = model.lm_head.weight.device
     drafter: Drafter = drafter_factory(cache, generator)
     gens = [SpecGeneration(list(p), stats=SpecStats(k)) for p in prompts]
-    graphs = step_graphs(model, cache, cuda_graphs, step_variants)
-
     active = start_requests(model, cache, gens, slots, params, eos_ids, generator, prefill_chunk, progress, cached)
     for i in active:  # the drafter reads each prompt, as part of that request's prefill
         began = synchronize(device)
