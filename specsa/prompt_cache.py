@@ -10,7 +10,8 @@ The kept keys and values are the ones the earlier request wrote, so the output i
 a fresh cache gives (token for token in float32; in bf16 up to the rounding of near-ties,
 as with any change of prefill chunks). Under `--precision shared` or `reuse`, generated
 tokens' keys and values are those its verification steps computed, where a fresh prefill
-would compute them exactly.
+would compute them exactly. The CUDA graphs a call captures on the cache are kept too, and
+the next call replays them (`generate.kept_graphs`).
 """
 
 from __future__ import annotations
