@@ -28,7 +28,7 @@ import triton
 from timing import bench, copy_bandwidth, graphed, pdl_disabled
 
 from specsa.cache import PagedKVCache
-from specsa.config import NSAConfig
+from specsa.config import Combine, NSAConfig
 from specsa.nsa.kernels.paged import nsa_paged
 from specsa.nsa.reference import nsa_attention
 
@@ -36,7 +36,8 @@ SHAPES = [(32, 8, 64), (32, 8, 128), (64, 4, 128)]  # (Hq, Hkv, D)
 
 
 def step_bytes(cfg: NSAConfig, context: int, selected: torch.Tensor, kv_heads: int, dim: int, batch: int) -> int:
-    """Bytes one decode step must read: compressed K/V plus the distinct selected/window blocks."""
+    """Bytes one decode step must read: the compressed keys (and values, gated: `merged`
+    uses the compressed branch only to select) plus the distinct selected/window blocks."""
     t = context - 1
     first = max(t - cfg.window + 1, 0)
     window_tokens = t - first + 1
@@ -48,7 +49,8 @@ def step_bytes(cfg: NSAConfig, context: int, selected: torch.Tensor, kv_heads: i
             outside = sum(1 for p in range(first, t + 1) if p // cfg.sel_block not in blocks)
             per_head_tokens.append(tokens + min(outside, window_tokens))
     cmp_tokens = cfg.num_cmp_tokens(context) * batch * kv_heads
-    return 2 * 2 * dim * (sum(per_head_tokens) + cmp_tokens)  # K and V, bf16
+    cmp_reads = 1 if cfg.combine is Combine.MERGED else 2
+    return 2 * dim * (2 * sum(per_head_tokens) + cmp_reads * cmp_tokens)  # bf16
 
 
 def run_case(cfg, hq, hkv, dim, context, batch, layers: int, check: bool) -> dict:

@@ -151,8 +151,9 @@ def nsa_paged(
         chunk = math.ceil(capacity / cmp_splits / block_n) * block_n
         cmp_splits = math.ceil(capacity / chunk)
         num_block_parts = num_tiles * block_n // (page // cfg.cmp_stride)
-        cmp_part_o = torch.empty(rows, num_q_heads, cmp_splits, head_dim, **f32)
         cmp_part_ml = torch.empty(rows, num_q_heads, cmp_splits, 2, **f32)
+        # Merged, the branch only ranks blocks: its values are never loaded, its output never written.
+        cmp_part_o = None if merged else torch.empty(rows, num_q_heads, cmp_splits, head_dim, **f32)
         if selected is None:
             own, spill = torch.empty(2, rows, num_q_heads, num_block_parts, **f32)
             tile_max = torch.empty(rows, num_q_heads, num_tiles, **f32)
@@ -160,12 +161,13 @@ def nsa_paged(
         else:  # a reused selection, gated: the branch adds only its output (SELECTING is off)
             own = spill = tile_max = path_scores = cmp_part_ml
         _cmp_partial_kernel[(batch * query_tiles, num_kv_heads, cmp_splits)](
-            q, k_cmp, v_cmp, slots, seq_lens, own, spill, tile_max, path_scores, cmp_part_o, cmp_part_ml, depths, k_path,
+            q, k_cmp, v_cmp, slots, seq_lens, own, spill, tile_max, path_scores,
+            cmp_part_ml if cmp_part_o is None else cmp_part_o, cmp_part_ml, depths, k_path,
             v_path, num_queries, num_path, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1),
             k_cmp.stride(2), scale, C=capacity, CHUNK=chunk, CMP_SPLITS=cmp_splits, NUM_BLOCK_PARTS=num_block_parts,
             NUM_TILES=num_tiles, CMP_BLOCK=cfg.cmp_block, CMP_STRIDE=cfg.cmp_stride, PAGE=page, QUERY_TILE=query_tile,
             G=group, G_PAD=group_pad, ROWS=max(16, query_tile * group_pad), D=head_dim, BLOCK_N=block_n,
-            TREE=tree is not None, SELECTING=selected is None, **pdl,
+            TREE=tree is not None, SELECTING=selected is None, OUTPUT=not merged, **pdl,
         )  # fmt: skip
 
     if selected is None:

@@ -35,17 +35,25 @@ FP32_DOT = tl.constexpr("ieee")
 
 
 @triton.jit
-def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
-    """One online-softmax update with scores b_s [R, N] (-inf where masked) and values
-    b_v [N, D]; rows that have seen nothing yet stay at (m=-inf, l=0, acc=0). Also
-    returns the tile's probabilities b_p [R, N] against the new max (0 where it is -inf)."""
+def _softmax_stats_step(b_s, b_m, b_l):
+    """The running max and denominator after scores b_s [R, N] (-inf where masked); rows
+    that have seen nothing yet stay at (m=-inf, l=0). Also returns what earlier terms are
+    rescaled by, and the tile's probabilities b_p [R, N] against the new max (0 where it
+    is -inf)."""
     b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
     b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
     b_alpha = tl.exp(b_m - b_m_safe)
     b_p = tl.exp(b_s - b_m_safe[:, None])
-    b_l = b_l * b_alpha + tl.sum(b_p, 1)
+    return b_m_new, b_l * b_alpha + tl.sum(b_p, 1), b_alpha, b_p
+
+
+@triton.jit
+def _online_softmax_step(b_s, b_m, b_l, b_acc, b_v):
+    """One online-softmax update with scores b_s [R, N] and values b_v [N, D] (as
+    `_softmax_stats_step`, acc=0 until a row sees a token). Also returns b_p."""
+    b_m, b_l, b_alpha, b_p = _softmax_stats_step(b_s, b_m, b_l)
     b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=FP32_DOT)
-    return b_m_new, b_l, b_acc, b_p
+    return b_m, b_l, b_acc, b_p
 
 
 @triton.jit
@@ -85,7 +93,7 @@ def _cmp_partial_kernel(
     spill_ptr,  # [B·T, Hq, NUM_BLOCK_PARTS] fp32
     tile_max_ptr,  # [B·T, Hq, NUM_TILES] fp32: … each tile's running max
     path_scores_ptr,  # [B·T, Hq, NUM_PATH] fp32 (TREE): raw scores of each node's own compressed tokens
-    part_o_ptr,  # [B·T, Hq, CMP_SPLITS, D] fp32: unnormalised partial outputs
+    part_o_ptr,  # [B·T, Hq, CMP_SPLITS, D] fp32: unnormalised partial outputs (OUTPUT)
     part_ml_ptr,  # [B·T, Hq, CMP_SPLITS, 2] fp32: (max, denominator)
     depths_ptr,  # [B·T] int32 (TREE): each node's depth
     k_path_ptr,  # [B·T, NUM_PATH, Hkv, D] (TREE): each node's compressed tokens past the prefix's own
@@ -115,6 +123,7 @@ def _cmp_partial_kernel(
     BLOCK_N: tl.constexpr,  # a multiple of l'/d
     TREE: tl.constexpr,  # the T queries are draft-tree nodes (`nsa/tree.py`), not a chain
     SELECTING: tl.constexpr,  # write what the selection reads (block parts, tile maxes, path scores)
+    OUTPUT: tl.constexpr,  # write the branch's output (gated); merged uses the branch only to select
     PDL: tl.constexpr,
 ):
     pdl_prologue(PDL)
@@ -153,10 +162,13 @@ def _cmp_partial_kernel(
         p_kv = base + o_n[:, None] * stride_cc + o_d[None, :]
         m_n = o_n < C
         b_k = tl.load(k_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)  # [BLOCK_N, D]
-        b_v = tl.load(v_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)
         visible = o_n[None, :] < n_cmp[:, None]  # [ROWS, BLOCK_N]
         b_s = tl.where(visible, tl.dot(b_q, tl.trans(b_k), input_precision=FP32_DOT) * scale, float("-inf"))
-        b_m, b_l, b_acc, b_p = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
+        if OUTPUT:
+            b_v = tl.load(v_cmp_ptr + p_kv, mask=m_n[:, None], other=0.0)
+            b_m, b_l, b_acc, b_p = _online_softmax_step(b_s, b_m, b_l, b_acc, b_v)
+        else:  # merged: the compressed values are never read
+            b_m, b_l, _, b_p = _softmax_stats_step(b_s, b_m, b_l)
         if SELECTING:
             b_ref = tl.where(b_m == float("-inf"), 0.0, b_m)  # [ROWS] the max the tile's parts (b_p) are against
             b_p = tl.reshape(b_p, [ROWS, BLOCKS_PER_TILE, SUBS_PER_BLOCK])
@@ -178,7 +190,8 @@ def _cmp_partial_kernel(
                     tl.store(path_scores_ptr + rows * num_path + e, b_s, mask=m_e)
                 b_m, b_l, b_acc = _online_softmax_row_step(b_s, b_m, b_l, b_acc, b_v)
     part = rows * CMP_SPLITS + i_split  # [ROWS]
-    tl.store(part_o_ptr + part[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
+    if OUTPUT:
+        tl.store(part_o_ptr + part[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
     tl.store(part_ml_ptr + part * 2, b_m, mask=m_r)
     tl.store(part_ml_ptr + part * 2 + 1, b_l, mask=m_r)
 
