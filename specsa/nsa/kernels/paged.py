@@ -255,9 +255,9 @@ def _attend_union(
     tree_args = tree if tree is not None else (seq_lens, seq_lens)
 
     def args(union: Tensor, part_o: Tensor, part_ml: Tensor) -> tuple:
-        return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, union, part_o, part_ml, *tree_args, num_queries,
-                q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
-                block_table.stride(0), scale)  # fmt: skip
+        return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, union, part_o, part_ml, *tree_args,
+                num_queries, q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1),
+                k_pages.stride(2), block_table.stride(0), scale)  # fmt: skip
 
     launch = dict(
         WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), MERGED=merged,

@@ -3,11 +3,12 @@
 `_sparse_attention_kernel`, grid (B·query groups, Hkv, splits): a program serves a group of
 QUERY_GROUP adjacent queries × the KV head's G query heads as one [rows, D] tile. It walks
 the union of what those queries need — every block any of them selected outside the
-group's window, then the window's blocks — so each distinct KV page is loaded once and masked per
-query: a row counts a token if it is causal and (merged) the row's query selected its
-block or it lies in the row's window; (gated) the selected and window branches keep two
-softmax states fed by the same loaded tile. The union is split across programs (split-K);
-`_merge_kernel` merges the splits by log-sum-exp and combines the branches.
+group's window, then the window's blocks — so each distinct KV page is loaded once and
+masked per query: a row counts a token if it is causal and (merged) the row's query
+selected its block or it lies in the row's window; (gated) the selected and window
+branches keep two softmax states fed by the same loaded tile. The union is split across
+programs (split-K); `_merge_kernel` merges the splits by log-sum-exp and combines the
+branches.
 
 QUERY_GROUP = 1 is the query-centric kernel (each query loads its own blocks); decode is
 T = 1. The overlap between the group's selections decides how much loading is saved. With
