@@ -23,8 +23,8 @@ loads many more distinct pages than a trained model's would; every point reports
 overlap it measured (`selection_overlap`: one verification step of γ+1 tokens after the
 first prompt, medians over layers). `--query-bias S` gives the random model's queries a
 shared component (`random_model`), which raises that overlap towards a trained model's;
-rows then say so. Throughput = generated tokens / decode wall time; CUDA graphs on; prefill apart. The
-oracle's draw for a draft is keyed by the token it lands on, so strategies meet the same
+rows then say so. Throughput = generated tokens / decode wall time; CUDA graphs on;
+prefill apart. The oracle's draw for a draft is keyed by the token it lands on, so strategies meet the same
 luck (common random numbers) however their drafts fall. With `--repeats N` every strategy
 runs N times in turn, repeat r with oracle seed r for all of them, and rows report the
 median decode time (`decode_s_runs` holds each run's).

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from specsa.errors import ModelLoadError
+from specsa.model.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # the command line starts without importing torch
     import torch
@@ -21,7 +22,6 @@ if TYPE_CHECKING:  # the command line starts without importing torch
     from specsa.model.decoder import CausalLM
     from specsa.prompt_cache import PromptCache
     from specsa.sampling import SamplingParams
-from specsa.model.registry import DEFAULT_MODEL
 
 AUTO_REACH = 8  # the longest draft `auto` may verify unless told; it verifies fewer where they do not pay
 FIXED_DRAFT = 4  # tokens a fixed drafter drafts every step unless told
