@@ -285,7 +285,8 @@ def _attend_union(
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     # A warp per 4096 elements of the largest [splits, D] tile merged, up to 4: at batch 1
     # the default 4 warps made this tiny kernel 1–2 µs slower (H100, `t8_tweaks.json`).
-    merge_warps = max(1, min(4, _pow2(max(splits, cmp_splits)) * head_dim // 4096))
+    widest = splits if cmp_part_o is None else max(splits, cmp_splits)  # merged reads no compressed partials
+    merge_warps = max(1, min(4, _pow2(widest) * head_dim // 4096))
     _merge_kernel[(rows * num_q_heads,)](
         part_o, part_ml, part_o if cmp_part_o is None else cmp_part_o, part_ml if cmp_part_ml is None else cmp_part_ml,
         part_ml if gates is None else gates.contiguous(), out,
