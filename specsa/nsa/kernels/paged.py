@@ -3,7 +3,8 @@
 Decode (T = 1), speculative verification (T = γ+1) and prefill chunks all run here:
 the refresh kernels (`refresh.py`) select blocks for each query, the grouped sparse
 kernel (`sparse.py`) attends over the union of a query group's blocks, and the merge
-combines. Five launches, no host sync: a step can be captured in a CUDA graph.
+combines. Five launches (four when a program serves one query: the sparse kernel then
+ranks the candidates itself), no host sync: a step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -170,6 +171,15 @@ def nsa_paged(
             TREE=tree is not None, SELECTING=selected is None, OUTPUT=not merged, **pdl,
         )  # fmt: skip
 
+    if query_group is None:
+        # At least a program per 4 SMs: with fewer, each program's union is split over many
+        # programs, and every split repeats the group's set-up (the dedupe of its C·n
+        # blocks). H100, 64K, batch 1, T = 8, similarity 0.9: one group of 8 took 39 (D64)
+        # and 48 µs (D128), four groups of 2 34 and 43 µs; T = 16: 70 -> 43 µs (D64).
+        programs_floor = _programs_wanted(q.device) // 8
+        query_group = _query_group(num_queries, group_pad, math.ceil(programs_floor / (batch * num_kv_heads)))
+
+    candidates = None
     if selected is None:
         # 64 blocks a program (n at least): [64, G] score tiles stay in registers.
         blocks_per_split = max(64, _pow2(cfg.num_selected))
@@ -192,28 +202,23 @@ def nsa_paged(
             G=group, G_PAD=group_pad, TREE=tree is not None, num_warps=cand_warps, **pdl,
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
-        num_candidates = sel_splits * cfg.num_selected
-        _select_kernel[(rows * num_kv_heads,)](
-            cand_key, selected, num_candidates, NUM_CAND_PAD=_pow2(num_candidates), NUM_SEL=cfg.num_selected,
-            NUM_SEL_PAD=_pow2(cfg.num_selected), num_warps=select_warps, **pdl,
-        )  # fmt: skip
+        candidates = (cand_key, sel_splits * cfg.num_selected)
+        if query_group > 1:  # else the sparse kernel ranks them: a program's set-up holds one query's keys
+            _select_kernel[(rows * num_kv_heads,)](
+                cand_key, selected, candidates[1], NUM_CAND_PAD=_pow2(candidates[1]), NUM_SEL=cfg.num_selected,
+                NUM_SEL_PAD=_pow2(cfg.num_selected), num_warps=select_warps, **pdl,
+            )  # fmt: skip
+            candidates = None
     elif selected.shape != (batch, num_queries, num_kv_heads, cfg.num_selected):
         raise ValueError(f"A reused selection must be [B, T, Hkv, n] = "
                          f"{[batch, num_queries, num_kv_heads, cfg.num_selected]}, got {list(selected.shape)}.")  # fmt: skip
     else:
         selected = selected.to(torch.int32).contiguous()
 
-    if query_group is None:
-        # At least a program per 4 SMs: with fewer, each program's union is split over many
-        # programs, and every split repeats the group's set-up (the dedupe of its C·n
-        # blocks). H100, 64K, batch 1, T = 8, similarity 0.9: one group of 8 took 39 (D64)
-        # and 48 µs (D128), four groups of 2 34 and 43 µs; T = 16: 70 -> 43 µs (D64).
-        programs_floor = _programs_wanted(q.device) // 8
-        query_group = _query_group(num_queries, group_pad, math.ceil(programs_floor / (batch * num_kv_heads)))
     out = _attend_union(
         q, k_pages, v_pages, block_table, slots, seq_lens, selected, window=cfg.window, merged=merged, scale=scale,
         query_group=query_group, splits=splits, gates=gates, cmp_parts=(cmp_part_o, cmp_part_ml, cmp_splits),
-        tree=(depths, ancestors) if tree is not None else None,
+        tree=(depths, ancestors) if tree is not None else None, candidates=candidates,
     )  # fmt: skip
     return out, selected
 
@@ -234,9 +239,11 @@ def dense_paged(
 
 def _attend_union(
     q, k_pages, v_pages, block_table, slots, seq_lens, selected, *, window, merged, scale, query_group, splits,
-    gates=None, cmp_parts=(None, None, 1), tree=None,
+    gates=None, cmp_parts=(None, None, 1), tree=None, candidates=None,
 ) -> Tensor:  # fmt: skip
-    """The grouped selected + window attention, then the merge (and the gated combination)."""
+    """The grouped selected + window attention, then the merge (and the gated combination).
+    `candidates` (keys [B·T, Hkv, NUM_CAND] int64, NUM_CAND): rank them into `selected`
+    in the sparse kernel (one query a program)."""
     batch, num_queries, num_q_heads, head_dim = q.shape
     num_kv_heads, page = k_pages.shape[2], k_pages.shape[1]
     num_selected = selected.shape[-1]
@@ -253,14 +260,16 @@ def _attend_union(
     # +5 to +12%; query-centric verification, B8 T8 D128, overlap 0.3: 126 -> 105 µs).
     num_stages = 3 if query_group > 1 else 2
     tree_args = tree if tree is not None else (seq_lens, seq_lens)
+    cand_key, num_candidates = candidates if candidates is not None else (selected, 0)  # unread unless RANKING
 
     def args(union: Tensor, part_o: Tensor, part_ml: Tensor) -> tuple:
-        return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, union, part_o, part_ml, *tree_args,
-                num_queries, q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1),
-                k_pages.stride(2), block_table.stride(0), scale)  # fmt: skip
+        return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, cand_key, union, part_o, part_ml,
+                *tree_args, num_queries, num_candidates, q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0),
+                k_pages.stride(1), k_pages.stride(2), block_table.stride(0), scale)  # fmt: skip
 
     launch = dict(
-        WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected), MERGED=merged,
+        WINDOW=window, NUM_SEL=num_selected, NUM_SEL_PAD=_pow2(num_selected),
+        NUM_CAND_PAD=_pow2(max(num_candidates, 1)), RANKING=candidates is not None, MERGED=merged,
         QUERY_GROUP=query_group, QUERY_GROUP_PAD=_pow2(query_group), G=num_q_heads // num_kv_heads, G_PAD=group_pad,
         ROWS=max(16, _pow2(query_group) * group_pad), D=head_dim, PAGE=page, NUM_STAGES=num_stages,
         TREE=tree is not None, **pdl,

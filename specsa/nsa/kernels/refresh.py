@@ -19,7 +19,9 @@ its own path past the prefix's; a "query row" is b·T + t.
 2. `_block_candidates_kernel`, grid (B·T, Hkv, ranges): block scores from the block parts
    rescaled to the merged softmax (summed over a `shared` group's queries when asked),
    the range's top n as int64 keys that carry the block (bitonic top-k).
-3. `_select_kernel`, grid (B·T·Hkv,): the global top n among the candidates.
+3. `_select_kernel`, grid (B·T·Hkv,): the global top n among the candidates, when the
+   sparse kernel's programs serve groups of queries; a program serving one query (decode)
+   ranks its query's candidates itself, which saves this launch.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ branches.
 QUERY_GROUP = 1 is the query-centric kernel (each query loads its own blocks); decode is
 T = 1. The overlap between the group's selections decides how much loading is saved. With
 `TREE` the queries are draft-tree nodes: prefix tokens follow the rules above at the node's
-own position, and the nodes' tokens count for their descendants only.
+own position, and the nodes' tokens count for their descendants only. With `RANKING` the
+kernel takes each query's global top n of the candidates kernel's keys itself (a program
+per query: decode), so the step needs no select launch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import triton
 import triton.language as tl
 
 from specsa.launch import pdl_prologue
-from specsa.nsa.kernels.refresh import FP32_DOT, _online_softmax_step
+from specsa.nsa.kernels.refresh import FP32_DOT, _block_of, _online_softmax_step
 
 
 @triton.jit
@@ -33,13 +35,15 @@ def _sparse_attention_kernel(
     block_table_ptr,  # [slots, max_pages]
     slots_ptr,  # [B] int32
     seq_lens_ptr,  # [B] int32, including the T new tokens
-    selected_ptr,  # [B·T, Hkv, NUM_SEL] int32, any order, -1 pads
+    selected_ptr,  # [B·T, Hkv, NUM_SEL] int32, any order, -1 pads (RANKING: written, in rank order)
+    cand_key_ptr,  # [B·T, Hkv, NUM_CAND] int64 (RANKING): ranking keys of the candidates, any order
     union_ptr,  # [programs, QUERY_GROUP_PAD·NUM_SEL_PAD] int32 scratch: each program's union blocks
     part_o_ptr,  # [B·T, Hq, SPLITS, 2, D] fp32: unnormalised partial outputs (branch 0 slc/merged, 1 win)
     part_ml_ptr,  # [B·T, Hq, SPLITS, 2, 2] fp32: (max, denominator)
     depths_ptr,  # [B·T] int32 (TREE): each node's depth
     ancestors_ptr,  # [B·T] int64 (TREE): bit u set when node u is the node's ancestor or itself
     num_queries,  # T
+    num_candidates,  # NUM_CAND (RANKING)
     stride_qb,
     stride_qt,
     stride_qh,
@@ -51,6 +55,8 @@ def _sparse_attention_kernel(
     WINDOW,
     NUM_SEL: tl.constexpr,
     NUM_SEL_PAD: tl.constexpr,
+    NUM_CAND_PAD: tl.constexpr,
+    RANKING: tl.constexpr,  # take each query's top n of its candidates here (no select launch)
     SPLITS,
     MERGED: tl.constexpr,
     QUERY_GROUP: tl.constexpr,
@@ -96,7 +102,14 @@ def _sparse_attention_kernel(
     o_s = tl.arange(0, NUM_SEL_PAD)
     m_gs = m_g[:, None] & (o_s < NUM_SEL)[None, :]
     p_sel = selected_ptr + (g_row[:, None] * num_kv_heads + i_h) * NUM_SEL + o_s[None, :]
-    b_sel = tl.load(p_sel, mask=m_gs, other=-1)
+    if RANKING:  # every split ranks the same keys; the first writes the selection out
+        o_c = tl.arange(0, NUM_CAND_PAD)
+        p_keys = cand_key_ptr + (g_row[:, None] * num_kv_heads + i_h) * num_candidates + o_c[None, :]
+        b_keys = tl.load(p_keys, mask=m_g[:, None] & (o_c < num_candidates)[None, :], other=-1)  # [QG_PAD, NUM_CAND_PAD]
+        b_sel = tl.where(m_gs, _block_of(tl.topk(b_keys, NUM_SEL_PAD, dim=1)), -1)  # [QG_PAD, NUM_SEL_PAD]
+        tl.store(p_sel, b_sel, mask=m_gs & (i_split == 0))
+    else:
+        b_sel = tl.load(p_sel, mask=m_gs, other=-1)
     row_bit = tl.minimum(o_r // G_PAD, 63).to(tl.int64)  # [ROWS] the bit of the row's query (`MAX_QUERY_GROUP`)
 
     # The union of the group's selections, as a list of first occurrences: entry
