@@ -192,7 +192,6 @@ def nsa_paged(
         # µs). With fewer, 4 warps stay faster or even (candidates at 136 programs 3.2 µs,
         # 3.8 with one; at 612 with G = 16 11.9, 13.9).
         cand_warps = 1 if rows * num_kv_heads * sel_splits >= 4 * _programs_wanted(q.device) else 4
-        select_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
         _block_candidates_kernel[(rows, num_kv_heads, sel_splits)](
             seq_lens, own, spill, tile_max, path_scores, cmp_part_ml, cand_key, depths, num_queries, num_path,
             CMP_SPLITS=cmp_splits, NUM_BLOCK_PARTS=num_block_parts, NUM_TILES=num_tiles,
@@ -202,13 +201,15 @@ def nsa_paged(
             G=group, G_PAD=group_pad, TREE=tree is not None, num_warps=cand_warps, **pdl,
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
-        candidates = (cand_key, sel_splits * cfg.num_selected)
-        if query_group > 1:  # else the sparse kernel ranks them: a program's set-up holds one query's keys
+        num_candidates = sel_splits * cfg.num_selected
+        if query_group == 1:  # the sparse kernel ranks them: a program's set-up holds one query's keys
+            candidates = (cand_key, num_candidates)
+        else:
+            select_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
             _select_kernel[(rows * num_kv_heads,)](
-                cand_key, selected, candidates[1], NUM_CAND_PAD=_pow2(candidates[1]), NUM_SEL=cfg.num_selected,
+                cand_key, selected, num_candidates, NUM_CAND_PAD=_pow2(num_candidates), NUM_SEL=cfg.num_selected,
                 NUM_SEL_PAD=_pow2(cfg.num_selected), num_warps=select_warps, **pdl,
             )  # fmt: skip
-            candidates = None
     elif selected.shape != (batch, num_queries, num_kv_heads, cfg.num_selected):
         raise ValueError(f"A reused selection must be [B, T, Hkv, n] = "
                          f"{[batch, num_queries, num_kv_heads, cfg.num_selected]}, got {list(selected.shape)}.")  # fmt: skip

@@ -105,7 +105,8 @@ def _sparse_attention_kernel(
     if RANKING:  # every split ranks the same keys; the first writes the selection out
         o_c = tl.arange(0, NUM_CAND_PAD)
         p_keys = cand_key_ptr + (g_row[:, None] * num_kv_heads + i_h) * num_candidates + o_c[None, :]
-        b_keys = tl.load(p_keys, mask=m_g[:, None] & (o_c < num_candidates)[None, :], other=-1)  # [QG_PAD, NUM_CAND_PAD]
+        m_keys = m_g[:, None] & (o_c < num_candidates)[None, :]
+        b_keys = tl.load(p_keys, mask=m_keys, other=-1)  # [QUERY_GROUP_PAD, NUM_CAND_PAD]
         b_sel = tl.where(m_gs, _block_of(tl.topk(b_keys, NUM_SEL_PAD, dim=1)), -1)  # [QG_PAD, NUM_SEL_PAD]
         tl.store(p_sel, b_sel, mask=m_gs & (i_split == 0))
     else:
