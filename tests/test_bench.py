@@ -49,6 +49,29 @@ def test_bench_repeats_report_the_median_run(tiny_llama, tmp_path, capsys):
     assert "--num-prompts 3 must be a multiple of every batch size" in capsys.readouterr().err
 
 
+def test_bench_prefills_a_batch_once_for_every_strategy(tiny_llama, tmp_path, capsys, monkeypatch):
+    """Strategies start from a prompt cache: each feeds only the prompts' last tokens again."""
+    import specsa.generate
+
+    fed = []  # tokens of each prefill call
+    prefill = specsa.generate.prefill
+
+    def counting_prefill(model, cache, slot, tokens, *args, **kwargs):
+        fed.append(len(tokens))
+        return prefill(model, cache, slot, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(specsa.generate, "prefill", counting_prefill)
+    code = main(["bench", "--model", str(tiny_llama), "--contexts", "40", "--batches", "2", "--max-new-tokens", "4",
+                 "--strategies", "ngram:2,oracle:0.9:3", "--repeats", "2", "--num-prompts", "2", "--out",
+                 str(tmp_path / "report"), *SPARSE_FLAGS])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert sorted(fed, reverse=True)[:2] == [40, 40] and fed.count(40) == 2  # the 2 prompts, once over both runs
+    # 3 strategies (the AR baseline added) x 2 runs x 2 prompts, and run 2's prefill call finding them cached
+    assert fed.count(1) == len(fed) - 2 == 3 * 2 * 2 + 2
+    rows = json.loads((tmp_path / "report" / "bench.json").read_text())["rows"]
+    assert all(r["token_match"] == 1.0 for r in rows)  # float32: what a fresh cache gives
+
+
 def test_bench_with_a_draft_model(tiny_llama, tmp_path, capsys):
     """draft:γ drafts with the model; auto has it beside prompt lookup."""
     out = tmp_path / "report"
