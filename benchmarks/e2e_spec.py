@@ -49,7 +49,7 @@ import triton
 from e2e_decode import MODELS, random_model
 
 from specsa.config import NSAConfig
-from specsa.generate import generate, prefill
+from specsa.generate import generate, prefill, prefill_prompts
 from specsa.orchestrate.bench import token_match
 from specsa.model.decoder import CausalLM
 from specsa.nsa.layout import load_savings, pairwise_overlap
@@ -220,8 +220,7 @@ class Runs:
         """The NSA model's cache holding the prompts, for its strategies to start from."""
         room = self.params.max_new_tokens + self.max_gamma
         prompt_cache = PromptCache(self.nsa_model, len(self.prompts), max(map(len, self.prompts)) + room)
-        generate(self.nsa_model, self.prompts, SamplingParams(max_new_tokens=1), frozenset(),
-                 prefill_chunk=NSA_PREFILL_CHUNK, prompt_cache=prompt_cache)  # fmt: skip
+        prefill_prompts(prompt_cache, self.prompts, NSA_PREFILL_CHUNK)
         return prompt_cache
 
     def decode(self, strategy: str, seed: int, prompt_cache: PromptCache | None) -> tuple[list, AutoPlanner | None]:

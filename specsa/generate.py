@@ -199,3 +199,11 @@ def generate(
             gen.decode_s = decode_s
             prompt_cache.park(slot, gen.context)
     return gens
+
+
+def prefill_prompts(prompt_cache: PromptCache, prompts: list[list[int]], prefill_chunk: int = 1024) -> None:
+    """Prefill `prompts` into `prompt_cache` and park them, so that every later call on it
+    with these prompts feeds only their last tokens again (a benchmark's strategies then
+    start alike, without a prefill each)."""
+    generate(prompt_cache.model, prompts, SamplingParams(max_new_tokens=1), frozenset(), prefill_chunk=prefill_chunk,
+             prompt_cache=prompt_cache)  # fmt: skip

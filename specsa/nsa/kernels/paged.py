@@ -201,10 +201,10 @@ def nsa_paged(
             G=group, G_PAD=group_pad, TREE=tree is not None, num_warps=cand_warps, **pdl,
         )  # fmt: skip
         selected = torch.empty(batch, num_queries, num_kv_heads, cfg.num_selected, device=q.device, dtype=torch.int32)
-        num_candidates = sel_splits * cfg.num_selected
         if query_group == 1:  # the sparse kernel ranks them: a program's set-up holds one query's keys
-            candidates = (cand_key, num_candidates)
+            candidates = cand_key
         else:
+            num_candidates = sel_splits * cfg.num_selected
             select_warps = 1 if rows * num_kv_heads >= _programs_wanted(q.device) else 4
             _select_kernel[(rows * num_kv_heads,)](
                 cand_key, selected, num_candidates, NUM_CAND_PAD=_pow2(num_candidates), NUM_SEL=cfg.num_selected,
@@ -243,8 +243,8 @@ def _attend_union(
     gates=None, cmp_parts=(None, None, 1), tree=None, candidates=None,
 ) -> Tensor:  # fmt: skip
     """The grouped selected + window attention, then the merge (and the gated combination).
-    `candidates` (keys [B·T, Hkv, NUM_CAND] int64, NUM_CAND): rank them into `selected`
-    in the sparse kernel (one query a program)."""
+    `candidates` (ranking keys [B·T, Hkv, ranges, n] int64): rank them into `selected` in
+    the sparse kernel (one query a program)."""
     batch, num_queries, num_q_heads, head_dim = q.shape
     num_kv_heads, page = k_pages.shape[2], k_pages.shape[1]
     num_selected = selected.shape[-1]
@@ -261,7 +261,8 @@ def _attend_union(
     # +5 to +12%; query-centric verification, B8 T8 D128, overlap 0.3: 126 -> 105 µs).
     num_stages = 3 if query_group > 1 else 2
     tree_args = tree if tree is not None else (seq_lens, seq_lens)
-    cand_key, num_candidates = candidates if candidates is not None else (selected, 0)  # unread unless RANKING
+    cand_key = selected if candidates is None else candidates  # unread unless RANKING
+    num_candidates = 0 if candidates is None else candidates.shape[2] * candidates.shape[3]
 
     def args(union: Tensor, part_o: Tensor, part_ml: Tensor) -> tuple:
         return (q, k_pages, v_pages, block_table, slots, seq_lens, selected, cand_key, union, part_o, part_ml,
