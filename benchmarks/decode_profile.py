@@ -69,16 +69,17 @@ def main() -> None:
         if event.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[event.name] += event.device_time_total / args.steps
     selection_hash = hashlib.sha1(selected.sort(-1).values.cpu().numpy().tobytes()).hexdigest()[:12]
+    out_sum = float(out.float().sum())
     print(f"context {args.context} batch {args.batch} queries {args.queries} Hq {args.hq} Hkv {args.hkv} D {args.d} "
           f"({args.fill} cache): step {step_us:.1f} µs as a graph replay, {step_us_no_pdl:.1f} without PDL; "
-          f"selection {selection_hash}, output sum {float(out.float().sum()):.6g}; µs per step by kernel, without PDL:")  # fmt: skip
+          f"selection {selection_hash}, output sum {out_sum:.6g}; µs per step by kernel, without PDL:")  # fmt: skip
     for name, us in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
         print(f"  {us:8.2f}  {name[:90]}")
     print(f"  {sum(per_kernel.values()):8.2f}  total")
     if args.out:
         row = dict(vars(args), specsa=specsa.__file__, gpu=torch.cuda.get_device_name(), step_us=step_us,
                    step_us_no_pdl=step_us_no_pdl, kernels_us={k: round(v, 2) for k, v in per_kernel.items()},
-                   selection_hash=selection_hash, out_sum=float(out.float().sum()))  # fmt: skip
+                   selection_hash=selection_hash, out_sum=out_sum)  # fmt: skip
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -65,7 +65,10 @@ class Setup:
         for _ in range(batch):
             self.cache.extend(self.cache.allocate(), context)
         for x in (self.cache.k_pages, self.cache.v_pages, self.cache.k_cmp, self.cache.v_cmp):
-            x.zero_() if zero_cache else x.normal_()
+            if zero_cache:
+                x.zero_()
+            else:
+                x.normal_()
         # Adjacent queries of a real model are alike; `similarity` s mixes one shared query
         # into each: q_t = √s·q_shared + √(1-s)·noise_t (s = 0: independent queries).
         shared = torch.randn(batch, 1, hq, dim, device="cuda")
